@@ -1,0 +1,93 @@
+"""Everything gptcli says on stderr: notes, warnings, and progress.
+
+stdout is left to the product. On a terminal, progress is a rich bar (colour unless
+NO_COLOR is set); otherwise it is plain lines a log file can keep. Imports rich lazily,
+so `gptcli --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Console:
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._rich = None
+
+    @property
+    def rich(self):
+        if self._rich is None:
+            from rich.console import Console as RichConsole
+
+            self._rich = RichConsole(stderr=True, highlight=False)
+        return self._rich
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    def warn(self, msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+    def progress(self, description: str, total: float | None, unit: str = "") -> "Progress":
+        if self.quiet:
+            return Progress(None, description, total, unit, quiet=True)
+        return Progress(self.rich if self.tty else None, description, total, unit)
+
+
+class Progress:
+    """A rich bar on a terminal; otherwise `line()` prints plain status lines."""
+
+    def __init__(self, rich_console, description: str, total: float | None, unit: str, quiet: bool = False):
+        self.description, self.total, self.unit, self.quiet = description, total, unit, quiet
+        self._bar = None
+        self._task = None
+        self._t0 = time.monotonic()
+        if rich_console is not None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), console=rich_console, transient=False,
+            )
+
+    def __enter__(self) -> "Progress":
+        if self._bar is not None:
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total, status="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, completed: float, status: str = "", total: float | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, status=status, total=self.total)
+
+    def line(self, text: str) -> None:
+        """A milestone: printed as a line above the bar, or as a plain line."""
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    @property
+    def is_bar(self) -> bool:
+        return self._bar is not None

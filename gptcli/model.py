@@ -1,0 +1,171 @@
+"""The GPT-2 architecture, exactly: learned (or fixed sinusoidal) positions, pre-LayerNorm
+blocks, causal self-attention through scaled_dot_product_attention, a tanh-GELU MLP, a
+final LayerNorm, and an lm_head tied to the token embedding.
+
+`forward` takes an optional KVCache, an object the caller owns and hands in (generation
+prefills it once, then feeds one token per step). Knows nothing of tokenizers or files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptcli.config import ModelConfig
+
+
+class KVCache:
+    """Preallocated keys and values for every layer.
+
+    Shape (n_layer, B, n_head, max_len, head_dim). `pos` counts the positions already
+    stored; the model writes layer by layer, then calls `advance` once per forward."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, *, max_len: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.max_len = max_len or cfg.block_size
+        shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's (B, n_head, T, head_dim) keys/values; return all so far."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, C = x.shape  # (B, T, n_embd)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        mask, causal = None, True
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.store(layer, k, v)  # (B, nh, past + T, hd)
+            if T == 1:
+                causal = False  # one new query may see every stored position
+            elif past > 0:
+                # query i sits at absolute position past + i and sees keys 0..past + i
+                causal = False
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
+    """The fixed table of Vaswani et al.: sin on even channels, cos on odd ones."""
+    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_pos, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table  # (n_pos, dim)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.pos_encoding == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:  # computed, never stored in a checkpoint
+            self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of each residual projection by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if
+        targets (B, T) are given. With a cache, idx holds only the new tokens."""
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        pos_emb = self.wpe(pos) if self.config.pos_encoding == "learned" else self.pos_table[start:start + T]
+        x = self.drop(self.wte(idx) + pos_emb)  # (B, T, n_embd)
+        for layer, block in enumerate(self.h):
+            x = block(x, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))
+        return logits, loss

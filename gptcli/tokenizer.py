@@ -1,0 +1,113 @@
+"""Byte-level BPE tokenizer: train, encode, decode, save, load.
+
+A thin, validated wrapper around HuggingFace `tokenizers`: ByteLevel pre-tokenizer and
+decoder, the 256-byte initial alphabet (so any UTF-8 text round-trips exactly), and
+`<|endoftext|>` as document separator and end-of-text token. Knows nothing of corpora on
+disk or of models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from gptcli import atomic
+from gptcli.config import MIN_VOCAB
+from gptcli.errors import UsageError
+
+EOT = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class BPETokenizer:
+    def __init__(self, tok: Tokenizer, json_text: str | None = None):
+        self.tok = tok
+        self.json_text = json_text if json_text is not None else tok.to_str()
+        eot = tok.token_to_id(EOT)
+        if eot is None:
+            raise UsageError(f"tokenizer has no {EOT} token: it is not a gptcli/GPT-2 style tokenizer")
+        self.eot_id: int = eot
+        self.vocab_size: int = tok.get_vocab_size()
+
+    # -- building -------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+        if vocab_size < MIN_VOCAB:
+            raise UsageError(f"--vocab-size must be at least {MIN_VOCAB} (256 bytes + {EOT}), got {vocab_size}")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "BPETokenizer":
+        """Load tokenizer.json, or the tokenizer.json inside a folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / TOKENIZER_FILE
+        if not path.is_file():
+            raise UsageError(f"no tokenizer at {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+            spec = json.loads(text)
+            tok = Tokenizer.from_str(text)
+        except Exception as e:  # OSError, bad UTF-8, bad JSON, or tokenizers' own errors
+            raise UsageError(f"{path} is not a valid tokenizer.json ({_first_line(e)})") from None
+        model_type = (spec.get("model") or {}).get("type") if isinstance(spec, dict) else None
+        decoder = json.dumps(spec.get("decoder")) if isinstance(spec, dict) else ""
+        if model_type != "BPE" or "ByteLevel" not in decoder:
+            raise UsageError(f"{path} is not a byte-level BPE tokenizer (model {model_type!r})")
+        return cls(tok, text)
+
+    def save(self, path: Path | str) -> Path:
+        """Write tokenizer.json atomically; `path` may be a folder or a file name."""
+        path = Path(path)
+        if path.suffix != ".json":
+            path = path / TOKENIZER_FILE
+        atomic.write_text(path, self.json_text)
+        return path
+
+    # -- using ----------------------------------------------------------------------
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.json_text.encode("utf-8")).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encodes in parallel across cores (the Rust side releases the GIL)."""
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each token stands for (special tokens: 0), for bits per byte.
+        In byte-level BPE each character of a token's string is exactly one byte."""
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        specials = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        for token, i in self.tok.get_vocab().items():
+            lengths[i] = 0 if token in specials else len(token)
+        return lengths
+
+    def summary(self) -> dict:
+        return {"vocab_size": self.vocab_size, "eot_id": self.eot_id, "sha256": self.sha256}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,280 @@
+"""The training loop: AdamW (decay on matrices only), linear warmup then cosine decay,
+gradient clipping and accumulation, periodic evaluation with bits per byte, best-model
+tracking, early stopping, and a clean stop on request.
+
+Knows nothing of files or terminals: it reports through hooks (on_log, on_eval,
+on_checkpoint) and leaves saving and printing to the caller. Only rank 0 calls hooks, so
+the loop is ready for data-parallel runs under torchrun.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from gptcli.config import TrainConfig
+from gptcli.data import BatchSampler, Split, eval_windows
+from gptcli.device import Precision
+from gptcli.errors import RunError
+from gptcli.model import GPT
+
+TIME_PROBE_STEPS = 10  # steps timed to turn --max-time into a schedule length
+
+
+@dataclass
+class TrainState:
+    """Everything about the loop's position that resume needs (saved as JSON)."""
+
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds of training so far, across resumes
+    total_steps: int | None = None  # length of the LR schedule; None until known
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    last_eval: dict = field(default_factory=dict)
+
+
+class Hooks:
+    """Override what you need; the trainer calls these on rank 0 only."""
+
+    def on_log(self, trainer: "Trainer", record: dict) -> None: ...
+
+    def on_eval(self, trainer: "Trainer", record: dict) -> None: ...
+
+    def on_checkpoint(self, trainer: "Trainer", is_best: bool) -> None: ...
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (linear and embedding weights); never biases or LayerNorm gains."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int | None) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to the floor at total_steps. Warmup takes
+    at most a tenth of a known schedule, so short runs still reach the peak rate."""
+    warmup = cfg.warmup_steps if total_steps is None else min(cfg.warmup_steps, total_steps // 10)
+    if step < warmup:
+        return cfg.lr * (step + 1) / (warmup + 1)
+    if total_steps is None:
+        return cfg.lr
+    span = max(total_steps - warmup, 1)
+    progress = min((step - warmup) / span, 1.0)
+    return cfg.min_lr_value + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr_value)
+
+
+class Trainer:
+    def __init__(self, model: GPT, cfg: TrainConfig, train: Split, val: Split, byte_lengths: np.ndarray,
+                 precision: Precision, hooks: Hooks | None = None, rank: int = 0, world_size: int = 1):
+        self.model, self.cfg, self.train, self.val = model, cfg, train, val
+        self.precision, self.hooks = precision, hooks or Hooks()
+        self.rank, self.world_size = rank, world_size
+        self.device = precision.device
+        self.block_size = model.config.block_size
+        self.byte_lengths = torch.as_tensor(byte_lengths, device=self.device)
+        self.state = TrainState()
+        self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, rank)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+            fused=True if self.device.type == "cuda" else None,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_grad_scaler else None
+        self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * world_size
+        self._step_model = model  # replaced by the compiled model when --compile works
+        self._stop_requested = False
+        self._eval_batches = {
+            name: torch.from_numpy(eval_windows(split.tokens, self.block_size, cfg.eval_iters * cfg.batch_size))
+            for name, split in (("train", train), ("val", val))
+        }
+
+    # -- schedule and stopping ------------------------------------------------------
+    def planned_steps(self) -> int | None:
+        """The step limit implied by --max-steps and --epochs (the smaller), if any."""
+        limits = []
+        if self.cfg.max_steps is not None:
+            limits.append(self.cfg.max_steps)
+        if self.cfg.epochs is not None:
+            limits.append(max(1, math.ceil(self.cfg.epochs * len(self.train.tokens) / self.tokens_per_step)))
+        return min(limits) if limits else None
+
+    def request_stop(self) -> None:
+        """Finish the current optimizer step, checkpoint, and return (used for Ctrl-C)."""
+        self._stop_requested = True
+
+    def _stop_reason(self) -> str | None:
+        if self._stop_requested:
+            return "interrupted"
+        planned = self.planned_steps()
+        if planned is not None and self.state.step >= planned:
+            return "max_steps" if self.cfg.max_steps == planned else "epochs"
+        if self.cfg.max_time is not None and self.state.elapsed >= self.cfg.max_time:
+            return "max_time"
+        if self.cfg.patience is not None and self.state.evals_since_best >= self.cfg.patience:
+            return "early_stop"
+        return None
+
+    def _estimate_horizon(self, seconds_per_step: float) -> int:
+        """Turn the time budget into a schedule length, counting evaluation time."""
+        eval_share = 2 * self.cfg.eval_iters / (3 * self.cfg.eval_interval * self.cfg.grad_accum)
+        remaining = max(self.cfg.max_time - self.state.elapsed, 0.0)
+        steps = self.state.step + int(remaining / (seconds_per_step * (1 + eval_share)))
+        planned = self.planned_steps()
+        return max(1, min(steps, planned) if planned is not None else steps)
+
+    # -- one step -------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        xy = torch.from_numpy(self.sampler.next())
+        if self.device.type == "cuda":
+            xy = xy.pin_memory().to(self.device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:]
+
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            _, loss = self._step_model(x, y)
+        return loss
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over grad_accum micro-batches; returns the mean loss (a
+        tensor: reading it would force a host sync, so callers do so only when logging)."""
+        lr = lr_at(self.state.step, self.cfg, self.state.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.cfg.grad_accum):
+            x, y = self._batch()
+            loss = self._forward_loss(x, y) / self.cfg.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens_seen += self.tokens_per_step
+        return total
+
+    def try_compile(self, warn) -> None:
+        """torch.compile the model, falling back to eager (with a warning) if it fails."""
+        try:
+            compiled = torch.compile(self.model)
+            x = torch.zeros(1, min(8, self.block_size), dtype=torch.long, device=self.device)
+            with torch.no_grad(), self.precision.autocast():
+                compiled(x, x)
+            self._step_model = compiled
+        except Exception as e:  # compilers fail in many ways; eager always works
+            warn(f"--compile failed, training without it ({str(e).strip().splitlines()[0][:200]})")
+            self._step_model = self.model
+
+    # -- evaluation -----------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean loss on fixed windows of each split, and validation bits per byte:
+        total nats / ln 2 / UTF-8 bytes of the scored tokens."""
+        self.model.eval()
+        out = {}
+        B = self.cfg.batch_size
+        for name, windows in self._eval_batches.items():
+            nats = torch.zeros((), dtype=torch.float64, device=self.device)
+            n_bytes = torch.zeros((), dtype=torch.int64, device=self.device)
+            count = 0
+            for i in range(0, len(windows), B):
+                xy = windows[i:i + B].to(self.device)
+                x, y = xy[:, :-1], xy[:, 1:]
+                loss = self._forward_loss(x, y)
+                nats += loss.double() * y.numel()
+                n_bytes += self.byte_lengths[y].sum()
+                count += y.numel()
+            out[f"{name}_loss"] = (nats / count).item()
+            if name == "val":
+                out["val_bpb"] = (nats / math.log(2) / max(int(n_bytes.item()), 1)).item()
+        self.model.train()
+        return out
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self) -> str:
+        """Train until a stop condition; returns why it stopped."""
+        if self.state.total_steps is None and self.cfg.max_time is None:
+            self.state.total_steps = self.planned_steps()
+        loss_sum, loss_n, interval_t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
+        interval_tokens = 0
+        probe_t0 = None
+        while (reason := self._stop_reason()) is None:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            loss_sum += loss
+            loss_n += 1
+            interval_tokens += self.tokens_per_step
+            self.state.elapsed += time.perf_counter() - t0
+            step = self.state.step
+            if self.state.total_steps is None:  # --max-time: time a few steps, then fix the schedule
+                if step == 1:
+                    probe_t0 = self.state.elapsed
+                elif step == 1 + TIME_PROBE_STEPS:
+                    self.state.total_steps = self._estimate_horizon((self.state.elapsed - probe_t0) / TIME_PROBE_STEPS)
+            if step % self.cfg.log_interval == 0:
+                mean_loss = (loss_sum / loss_n).item()
+                self._check_finite(mean_loss)
+                now = time.perf_counter()
+                record = {"type": "train", "step": step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                          "tokens": self.state.tokens_seen, "tokens_per_sec": interval_tokens / (now - interval_t0),
+                          "elapsed": self.state.elapsed}
+                loss_sum, loss_n, interval_t0, interval_tokens = torch.zeros((), device=self.device), 0, now, 0
+                if self.rank == 0:
+                    self.hooks.on_log(self, record)
+            if step % self.cfg.eval_interval == 0:
+                self._eval_and_checkpoint()
+                interval_t0 = time.perf_counter()  # evaluation time is not training throughput
+        if loss_n:
+            self._check_finite((loss_sum / loss_n).item())
+        if self.state.last_eval.get("step") == self.state.step:
+            return reason  # the checkpoint for this step is already written
+        if reason == "interrupted":  # save fast, skip the evaluation
+            if self.rank == 0:
+                self.hooks.on_checkpoint(self, False)
+        else:
+            self._eval_and_checkpoint()
+        return reason
+
+    def _eval_and_checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        self.state.elapsed += time.perf_counter() - t0
+        self._check_finite(metrics["val_loss"])
+        improved = self.state.best_val_loss is None or metrics["val_loss"] < self.state.best_val_loss
+        if improved:
+            self.state.best_val_loss, self.state.best_step, self.state.evals_since_best = metrics["val_loss"], self.state.step, 0
+        else:
+            self.state.evals_since_best += 1
+        record = {"type": "eval", "step": self.state.step, "tokens": self.state.tokens_seen,
+                  "elapsed": self.state.elapsed, **metrics, "best_val_loss": self.state.best_val_loss}
+        self.state.last_eval = record
+        if self.rank == 0:
+            self.hooks.on_eval(self, record)
+            self.hooks.on_checkpoint(self, improved)
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            best = self.state.best_step
+            where = f"the last good checkpoint (step {best}) is kept" if best is not None else "no checkpoint was written"
+            raise RunError(f"loss became {loss} at step {self.state.step}; stopping: {where}. Try a lower --lr")
+
+    # -- resume ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"trainer": asdict(self.state), "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = TrainState(**d["trainer"])
+        self.sampler.load_state_dict(d["sampler"])

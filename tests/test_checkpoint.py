@@ -1,0 +1,117 @@
+"""Run folders: bit-exact round trips, and clear errors for files that do not fit."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from gptcli import checkpoint as ckpt
+from gptcli.config import ModelConfig
+from gptcli.errors import UsageError
+from gptcli.model import GPT
+
+
+def _run(tmp_path, tok, **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**dict(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32), **kw})
+    model = GPT(cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt.write_tokenizer(run, tok)
+    ckpt.write_config(run, cfg, tok, {"steps": 0})
+    ckpt.save_weights(run / ckpt.WEIGHTS, model)
+    return run, model
+
+
+@pytest.mark.parametrize("kw", [{}, {"pos_encoding": "sinusoidal"}, {"bias": False}, {"n_head": 4, "n_embd": 48}])
+def test_run_folder_round_trips_bit_for_bit(tmp_path, mixed_tokenizer, kw):
+    run, model = _run(tmp_path, mixed_tokenizer, **kw)
+    loaded, tok, doc = ckpt.load_run(run)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert loaded.lm_head.weight is loaded.wte.weight
+    assert tok.sha256 == mixed_tokenizer.sha256
+    ckpt.save_weights(tmp_path / "again.safetensors", loaded)
+    assert (tmp_path / "again.safetensors").read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
+
+
+def test_tied_weights_are_stored_once(tmp_path, mixed_tokenizer):
+    run, _ = _run(tmp_path, mixed_tokenizer)
+    assert "lm_head.weight" not in ckpt.read_tensors(run / ckpt.WEIGHTS)
+
+
+def test_optimizer_state_round_trips(tmp_path, mixed_tokenizer):
+    run, model = _run(tmp_path, mixed_tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 300, (2, 8)), torch.randint(0, 300, (2, 8)))[1].backward()
+    opt.step()
+    ckpt.save_resume(run, model, opt, {"hello": 1})
+    model2 = GPT(model.config)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    state = ckpt.load_resume(run, model2, opt2)
+    assert state == {"hello": 1}
+    for p, p2 in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, p2)
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][name], opt2.state[p2][name]), name
+
+
+def test_config_disagreeing_with_weights_is_named(tmp_path, mixed_tokenizer):
+    run, _ = _run(tmp_path, mixed_tokenizer)
+    doc = json.loads((run / "config.json").read_text())
+    doc["model"]["n_embd"] = 64
+    (run / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match="does not match config.json"):
+        ckpt.load_run(run)
+
+
+def test_truncated_weights_are_reported(tmp_path, mixed_tokenizer):
+    run, _ = _run(tmp_path, mixed_tokenizer)
+    data = (run / ckpt.WEIGHTS).read_bytes()
+    (run / ckpt.WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="not a valid safetensors"):
+        ckpt.load_run(run)
+
+
+def test_pickle_under_a_safetensors_name_is_never_loaded(tmp_path, mixed_tokenizer):
+    run, _ = _run(tmp_path, mixed_tokenizer)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (run / ckpt.WEIGHTS).write_bytes(pickle.dumps(Evil(), protocol=4))
+    with pytest.raises(UsageError, match="pickle"):
+        ckpt.load_run(run)
+    assert not marker.exists()
+
+
+def test_tokenizer_from_another_run_is_rejected(tmp_path, mixed_tokenizer):
+    from gptcli.tokenizer import BPETokenizer
+
+    run, _ = _run(tmp_path, mixed_tokenizer)
+    BPETokenizer.train(["other text entirely " * 20], mixed_tokenizer.vocab_size).save(run)
+    with pytest.raises(UsageError, match="tokenizer"):
+        ckpt.load_run(run)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda run: (run / "config.json").unlink(), "not a gptcli run folder"),
+    (lambda run: (run / "config.json").write_text("{oops"), "not valid JSON"),
+    (lambda run: (run / ckpt.WEIGHTS).unlink(), "missing model.safetensors"),
+    (lambda run: (run / "tokenizer.json").unlink(), "no tokenizer"),
+])
+def test_broken_run_folders_get_specific_errors(tmp_path, mixed_tokenizer, setup, message):
+    run, _ = _run(tmp_path, mixed_tokenizer)
+    setup(run)
+    with pytest.raises(UsageError, match=message):
+        ckpt.load_run(run)
+
+
+def test_a_missing_folder_is_not_a_run(tmp_path):
+    with pytest.raises(UsageError, match="no such run folder"):
+        ckpt.load_run(tmp_path / "nowhere")

@@ -1,0 +1,99 @@
+"""The GPT: causality, the KV cache, positions, tied weights, and that it can learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptcli.config import ModelConfig
+from gptcli.model import GPT, KVCache, sinusoidal_table
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**dict(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=32), **kw})
+    return GPT(cfg.validate()).eval()
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_logits_at_t_ignore_tokens_after_t(pos_encoding):
+    model = tiny(pos_encoding=pos_encoding)
+    idx = torch.randint(0, 300, (2, 40))
+    changed = idx.clone()
+    changed[:, 25:] = torch.randint(0, 300, (2, 15))
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[:, :25], b[:, :25], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_kv_cache_logits_equal_full_recompute(pos_encoding):
+    model = tiny(pos_encoding=pos_encoding)
+    idx = torch.randint(0, 300, (3, 64))
+    cache = KVCache(model.config, batch_size=3)
+    with torch.no_grad():
+        full, _ = model(idx)
+        pieces = [model(idx[:, :20], kv_cache=cache)[0]]  # prefill
+        pieces += [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(20, 50)]  # one token per step
+        pieces.append(model(idx[:, 50:], kv_cache=cache)[0])  # a multi-token chunk after a prefix
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    assert cache.pos == 64
+
+
+def test_kv_cache_reorder_follows_rows():
+    model = tiny()
+    idx = torch.randint(0, 300, (3, 10))
+    cache = KVCache(model.config, batch_size=3)
+    with torch.no_grad():
+        model(idx, kv_cache=cache)
+        cache.reorder(torch.tensor([2, 2, 0]))
+        nxt = torch.randint(0, 300, (3, 1))
+        got, _ = model(nxt, kv_cache=cache)
+        want, _ = model(torch.cat([idx[[2, 2, 0]], nxt], dim=1))
+    torch.testing.assert_close(got[:, -1], want[:, -1], rtol=0, atol=1e-5)
+
+
+def test_cache_and_context_limits_are_enforced():
+    model = tiny(block_size=16)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_lm_head_is_tied_and_counted_once():
+    model = tiny()
+    assert model.lm_head.weight is model.wte.weight
+    assert model.num_params() == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def test_sinusoidal_positions_are_fixed_and_not_stored():
+    model = tiny(pos_encoding="sinusoidal")
+    assert not any("pos" in k or "wpe" in k for k in model.state_dict())
+    table = sinusoidal_table(10, 8)
+    assert table[0, 0] == 0 and table[0, 1] == 1  # sin(0), cos(0)
+    assert torch.isclose(table[3, 2], torch.sin(torch.tensor(3 / 10000 ** (2 / 8))))
+
+
+def test_gpt2_math_choices():
+    model = tiny()
+    block = model.h[0]
+    assert block.mlp.gelu.approximate == "tanh"
+    assert block.mlp.c_fc.out_features == 4 * 32
+    assert model.ln_f.eps == 1e-5
+    nobias = tiny(bias=False)
+    assert nobias.h[0].attn.c_attn.bias is None and nobias.ln_f.bias is None
+
+
+def test_tiny_model_overfits_a_short_text():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=64))
+    data = torch.randint(0, 300, (1, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        _, loss = model(data[:, :-1], data[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05

@@ -1,0 +1,76 @@
+"""The byte-level BPE tokenizer: exact round trips, chunked encoding, byte counts, errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptcli.data import iter_text_chunks
+from gptcli.errors import UsageError
+from gptcli.tokenizer import EOT, BPETokenizer
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_unicode_round_trips_exactly(mixed_tokenizer, text):
+    assert mixed_tokenizer.decode(mixed_tokenizer.encode(text)) == text
+
+
+@pytest.mark.parametrize("text", [
+    "日本語のテキスト", "中文文本。", "emoji 🙂🚀 and ZWJ 👩‍💻", "tabs\tinside\t", "CRLF\r\nlines\r\n",
+    "   leading spaces", "trailing spaces   ", "\n\n\nnewlines", "", " ", "a", "\x00\x01 control", "İstanbul ß ﬁ",
+])
+def test_hard_cases_round_trip(mixed_tokenizer, text):
+    assert mixed_tokenizer.decode(mixed_tokenizer.encode(text)) == text
+
+
+def test_unseen_characters_still_round_trip(mixed_tokenizer):
+    # Characters never seen in training fall back to their bytes: the 256-byte alphabet.
+    text = "Ꭰ𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ∮ 🦜"
+    assert mixed_tokenizer.decode(mixed_tokenizer.encode(text)) == text
+
+
+def test_eot_is_a_single_special_token(mixed_tokenizer):
+    ids = mixed_tokenizer.encode(f"a{EOT}b")
+    assert mixed_tokenizer.eot_id in ids
+    assert ids.count(mixed_tokenizer.eot_id) == 1
+
+
+def test_token_byte_lengths_sum_to_utf8_length(mixed_tokenizer):
+    text = "Hello, 世界! 🙂\r\n\tnaïve"
+    lengths = mixed_tokenizer.token_byte_lengths()
+    ids = mixed_tokenizer.encode(text)
+    assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
+    assert lengths[mixed_tokenizer.eot_id] == 0
+
+
+def test_chunked_encoding_equals_whole_encoding(tmp_path, mixed_tokenizer, shakespeare_text):
+    text = shakespeare_text[:120000] + " 日本語  \r\n\t 🙂  x  " * 200
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    chunks = list(iter_text_chunks(path, chunk_chars=997))
+    assert len(chunks) > 50
+    assert "".join(chunks) == text
+    chunked = [i for ids in mixed_tokenizer.encode_batch(chunks) for i in ids]
+    assert chunked == mixed_tokenizer.encode(text)
+
+
+def test_vocab_below_257_is_refused():
+    with pytest.raises(UsageError, match="at least 257"):
+        BPETokenizer.train(["some text"], 256)
+
+
+def test_save_load_round_trip(tmp_path, mixed_tokenizer):
+    path = mixed_tokenizer.save(tmp_path / "tok")
+    loaded = BPETokenizer.load(path.parent)
+    assert loaded.sha256 == mixed_tokenizer.sha256
+    assert loaded.encode("To be, or not 🙂") == mixed_tokenizer.encode("To be, or not 🙂")
+
+
+@pytest.mark.parametrize("content", ["not json", "{}", '{"model": {"type": "WordPiece"}}'])
+def test_load_rejects_non_tokenizers(tmp_path, content):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(content)
+    with pytest.raises(UsageError):
+        BPETokenizer.load(path)
