@@ -124,8 +124,11 @@ def train(
     result = run_training(req, console)
     s = result.summary
     bpb = s.get("best_val_bpb")
-    console.info(f"done ({result.reason}): step {s.get('steps')}, best val loss {s.get('best_val_loss') or float('nan'):.4f}"
-                 + (f" ({bpb:.4f} bits/byte)" if bpb else "") + f" -> {result.run}")
+    best = f"best val loss {s['best_val_loss']:.4f}" if s.get("best_val_loss") is not None else "no evaluation yet"
+    console.info(f"done ({result.reason}): step {s.get('steps')}, {best}" + (f" ({bpb:.4f} bits/byte)" if bpb else "")
+                 + f" -> {result.run}")
+    if result.reason == "interrupted":
+        console.info(f"checkpoint saved; continue with: gptcli train --resume {result.run}")
     if json_out:
         print(json.dumps({"run": str(result.run), "stop_reason": result.reason, **s}))
     if result.reason == "interrupted":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import time
@@ -63,8 +64,8 @@ class TrainResult:
 # -- run folder --------------------------------------------------------------------
 
 
-def prepare_out(out: Path, overwrite: bool) -> Path:
-    """Create the run folder; refuse a non-empty one unless it is a run and --overwrite."""
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a bad --out before any slow work; nothing is created yet."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -72,12 +73,22 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
             raise UsageError(f"--out {out} is not empty: pass --overwrite to replace it, or --resume {out} to continue it")
         if not ckpt.is_run(out):
             raise UsageError(f"refusing to --overwrite {out}: it is not a gptcli run folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot create --out {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to --out {out}: permission denied on {parent}")
+
+
+def create_out(out: Path, overwrite: bool) -> Path:
+    """Create the run folder (replacing an old run with --overwrite)."""
+    check_out(out, overwrite)
+    if out.is_dir() and overwrite and any(out.iterdir()):
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except PermissionError:
         raise UsageError(f"cannot write to --out {out}: permission denied") from None
     except OSError as e:
@@ -109,6 +120,8 @@ def resolve_tokenizer(req: TrainRequest, docs, console: Console) -> BPETokenizer
         tok = BPETokenizer.train(iter_documents_text(docs), size)
         path = tok.save(WORKSPACE_TOKENIZER)
         console.info(f"tokenizer: saved {path} ({tok.vocab_size} tokens, {time.perf_counter() - t0:.1f}s)")
+        if tok.vocab_size < size:
+            console.warn(f"the corpus only supported {tok.vocab_size} of the {size} tokens asked for")
         return tok
     if req.vocab_size is not None and req.vocab_size != tok.vocab_size:
         raise UsageError(f"--vocab-size {req.vocab_size} disagrees with the tokenizer in use ({tok.vocab_size} tokens): "
@@ -219,7 +232,8 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
             raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
         # Fail on bad settings before any slow work.
         dataclasses.replace(model_cfg, vocab_size=max(model_cfg.vocab_size, 257)).validate()
-        run = prepare_out(req.out or default_out(paths), req.overwrite)
+        run = req.out or default_out(paths)
+        check_out(run, req.overwrite)
 
     device = pick_device(train_cfg.device)
     precision = pick_precision(previous.get("dtype", train_cfg.dtype) if req.resume else train_cfg.dtype, device)
@@ -245,6 +259,8 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
     check_fits(train_split, model_cfg.block_size, "training")
     check_fits(val_split, model_cfg.block_size, "validation")
 
+    if req.resume is None:
+        create_out(run, req.overwrite)
     seed_everything(train_cfg.seed)
     model = GPT(model_cfg)
     if init_weights is not None:

@@ -1,0 +1,242 @@
+"""The CLI as users meet it: through Typer's runner, in-process with gptcli's own error
+handling, and as a real subprocess (exit codes, signals, what goes to stdout)."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SHAKESPEARE, TINY_FLAGS, run_gptcli
+from gptcli.cli import app, main
+
+
+def cli(monkeypatch, capsys, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """gptcli's real entry point, in-process: returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["gptcli", *args])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def assert_clean_error(code, out, err, expected_code=2, match=None):
+    assert code == expected_code, err
+    assert "Traceback" not in err and out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err  # progress notes may precede it
+    if match:
+        assert match in errors[0], errors[0]
+
+
+# -- happy paths -------------------------------------------------------------------
+
+
+def test_train_through_typer_runner_makes_a_complete_run_folder(small_corpus):
+    result = CliRunner().invoke(app, ["train", str(small_corpus), *TINY_FLAGS, "--max-steps", "6",
+                                      "--eval-interval", "3", "--out", "run", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["stop_reason"] == "max_steps" and summary["steps"] == 6
+    run = small_corpus.parent / "run"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl",
+                 "resume/model.safetensors", "resume/optimizer.safetensors", "resume/trainer_state.json"):
+        assert (run / name).is_file(), name
+    assert (small_corpus.parent / "tokenizer" / "tokenizer.json").is_file()  # trained into the workspace
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6] and all(r["val_bpb"] > 0 for r in evals)
+    assert "tokenizer: none found, training" in result.stderr
+
+
+def test_second_run_reuses_tokenizer_and_token_cache(monkeypatch, capsys, small_corpus):
+    args = ["train", str(small_corpus), *TINY_FLAGS[:-2], "--max-steps", "2"]
+    code, _, err = cli(monkeypatch, capsys, *args, "--vocab-size", "300", "--out", "a")
+    assert code == 0 and "training a 300-token" in err and "tokenized in" in err
+    code, _, err = cli(monkeypatch, capsys, *args, "--out", "b")  # no --vocab-size: reuse
+    assert code == 0 and "reusing tokenizer" in err and "(cached)" in err
+
+
+def test_info_reports_config_and_summary(monkeypatch, capsys, small_corpus):
+    cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2", "--out", "run")
+    code, out, _ = cli(monkeypatch, capsys, "info", "run", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["model"]["n_embd"] == 32 and d["training"]["steps"] == 2 and d["resumable"]
+    assert d["params"] > 0
+    code, out, _ = cli(monkeypatch, capsys, "info", "run")
+    assert code == 0 and "parameters" in out and "2 steps" in out
+
+
+def test_stdin_corpus_and_sinusoidal_positions(monkeypatch, capsys, shakespeare_text):
+    code, out, err = cli(monkeypatch, capsys, "train", "-", *TINY_FLAGS, "--max-steps", "2", "--out", "run",
+                         "--pos-encoding", "sinusoidal", stdin=shakespeare_text[:20000].encode())
+    assert code == 0, err
+    assert out == ""  # stdout carries only the product; training has none without --json
+    doc = json.loads(open("run/config.json").read())
+    assert doc["model"]["pos_encoding"] == "sinusoidal" and doc["training"]["corpus"] == ["<stdin>"]
+
+
+def test_tokenizer_commands_form_a_pipeline(monkeypatch, capsys, small_corpus):
+    code, _, _ = cli(monkeypatch, capsys, "tokenizer", "train", str(small_corpus), "--vocab-size", "400", "--out", "tok")
+    assert code == 0 and json.loads(open("tok/tokenizer.json").read())["model"]["type"] == "BPE"
+    text = "To be, or not to be 🙂 世界\r\n"
+    code, ids, _ = cli(monkeypatch, capsys, "tokenizer", "encode", "--tokenizer", "tok", stdin=text.encode())
+    assert code == 0 and all(t.isdigit() for t in ids.split())
+    code, back, _ = cli(monkeypatch, capsys, "tokenizer", "decode", "--tokenizer", "tok", stdin=ids.encode())
+    assert code == 0 and back == text
+    code, _, err = cli(monkeypatch, capsys, "tokenizer", "train", str(small_corpus), "--out", "tok")
+    assert_clean_error(code, "", err, match="exists")
+
+
+def test_overwrite_replaces_a_run_and_resume_continues_it(monkeypatch, capsys, small_corpus):
+    args = ["train", str(small_corpus), *TINY_FLAGS, "--max-steps", "3", "--out", "run"]
+    assert cli(monkeypatch, capsys, *args)[0] == 0
+    assert cli(monkeypatch, capsys, *args, "--overwrite")[0] == 0
+    code, _, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "5")
+    assert code == 0, err
+    assert json.loads(open("run/config.json").read())["training"]["steps"] == 5
+
+
+# -- bad input: one line on stderr, exit 2, nothing written ------------------------------
+
+
+BAD_TRAIN = [
+    (["missing.txt"], "no such file"),
+    (["emptydir"], "no UTF-8 text files"),
+    (["empty.txt"], "empty"),
+    (["binary.bin"], "binary"),
+    (["latin1.txt"], "not UTF-8"),
+    (["tiny.txt"], "fewer than one block"),
+    (["corpus.txt", "--n-embd", "30", "--n-head", "4"], "not divisible"),
+    (["corpus.txt", "--lr", "0"], "--lr"),
+    (["corpus.txt", "--lr", "-1e-3"], "--lr"),
+    (["corpus.txt", "--max-steps", "0"], "--max-steps"),
+    (["corpus.txt", "--batch-size", "0"], "--batch-size"),
+    (["corpus.txt", "--vocab-size", "100"], "at least 257"),
+    (["corpus.txt", "--max-time", "soon"], "duration"),
+    (["corpus.txt", "--preset", "huge"], "unknown preset"),
+    (["corpus.txt", "--dropout", "1.5"], "--dropout"),
+    (["corpus.txt", "--val-fraction", "1"], "--val-fraction"),
+    (["corpus.txt", "--pos-encoding", "rotary"], "--pos-encoding"),
+    (["corpus.txt", "--dtype", "float16", "--device", "cpu"], "float16"),
+    (["corpus.txt", "--lr", "abc"], "--lr"),
+    (["--resume", "notarun"], "no such run folder"),
+    (["--resume", "emptydir"], "not a gptcli run folder"),
+    (["corpus.txt", "--out", "/dev/null/run"], "cannot create --out"),
+    (["corpus.txt", "--out", "full"], "not empty"),
+    (["corpus.txt", "--out", "full", "--overwrite"], "not a gptcli run folder"),
+    ([], "no corpus given"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_TRAIN, ids=[" ".join(a) or "no-args" for a, _ in BAD_TRAIN])
+def test_bad_train_input_is_one_clear_line(monkeypatch, capsys, small_corpus, args, message):
+    ws = small_corpus.parent
+    (ws / "emptydir").mkdir()
+    (ws / "empty.txt").write_text("")
+    (ws / "binary.bin").write_bytes(b"\x00\xff" * 50)
+    (ws / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 20)
+    (ws / "tiny.txt").write_text("just a few words")
+    (ws / "full").mkdir()
+    (ws / "full" / "keep.txt").write_text("precious")
+    before = sorted(p.name for p in ws.iterdir())
+    code, out, err = cli(monkeypatch, capsys, "train", *TINY_FLAGS[:-2], *args)
+    assert_clean_error(code, out, err, match=message)
+    after = sorted(p.name for p in ws.iterdir() if p.name != "tokenizer")
+    assert after == before  # no run folder, nothing half-written
+    assert (ws / "full" / "keep.txt").read_text() == "precious"
+
+
+BAD_TOKENIZER = [
+    (["tokenizer", "encode", "--tokenizer", "nowhere"], None, "no tokenizer"),
+    (["tokenizer", "decode"], b"1 2 x", "integer token ids"),
+    (["tokenizer", "decode"], b"999999", "outside the vocabulary"),
+    (["tokenizer", "encode"], b"\xff\xfe bad", "not UTF-8"),
+    (["tokenizer", "train", "missing.txt", "--out", "t2"], None, "no such file"),
+    (["tokenizer", "train", "corpus.txt", "--vocab-size", "10", "--out", "t2"], None, "at least 257"),
+    (["info", "nowhere"], None, "no such run folder"),
+]
+
+
+@pytest.mark.parametrize("args, stdin, message", BAD_TOKENIZER, ids=[" ".join(a) for a, _, _ in BAD_TOKENIZER])
+def test_bad_tokenizer_and_info_input(monkeypatch, capsys, small_corpus, args, stdin, message):
+    cli(monkeypatch, capsys, "tokenizer", "train", str(small_corpus), "--vocab-size", "300")
+    code, out, err = cli(monkeypatch, capsys, *args, stdin=stdin)
+    assert_clean_error(code, out, err, match=message)
+
+
+# -- the real command --------------------------------------------------------------
+
+
+def test_help_is_fast_and_does_not_import_torch(tmp_path):
+    probe = ("import sys, time; t = time.perf_counter(); sys.argv = ['gptcli', 'train', '--help']\n"
+             "from gptcli.cli import main\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'tokenizers', 'safetensors', 'numpy') if m in sys.modules]\n"
+             "print('HEAVY', heavy, time.perf_counter() - t, file=sys.stderr)")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("HEAVY")][0]
+    assert "HEAVY []" in line, line
+    assert "--max-time" in proc.stdout
+
+
+def test_subprocess_train_then_bad_input(small_corpus):
+    proc = run_gptcli("train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2", "--out", "run", "--json",
+                      cwd=small_corpus.parent)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["steps"] == 2
+    bad = run_gptcli("train", "nope.txt", cwd=small_corpus.parent)
+    assert bad.returncode == 2 and bad.stdout == b""
+    assert bad.stderr.decode().strip() == "error: nope.txt: no such file or folder"
+
+
+def _wait_for_step(metrics, step, proc, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if ln.endswith("}")]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.02)
+    raise AssertionError("training did not reach the step in time")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_resume_equals_an_uninterrupted_run(small_corpus, sig, code):
+    import os
+    import subprocess
+
+    ws = small_corpus.parent
+    args = ["train", str(small_corpus), *TINY_FLAGS, "--max-steps", "400", "--eval-interval", "50"]
+    straight = run_gptcli(*args, "--out", "straight", cwd=ws)
+    assert straight.returncode == 0, straight.stderr.decode()
+
+    proc = subprocess.Popen([sys.executable, "-m", "gptcli", *args, "--out", "cut"], cwd=ws,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ)
+    _wait_for_step(ws / "cut" / "metrics.jsonl", 20, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err.decode()
+    assert b"--resume" in err and b"Traceback" not in err
+    stopped = json.loads((ws / "cut" / "config.json").read_text())["training"]["steps"]
+    assert 20 <= stopped < 400
+
+    resumed = run_gptcli("train", "--resume", "cut", cwd=ws)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+
+    def losses(run):
+        return {r["step"]: r["loss"] for r in map(json.loads, (ws / run / "metrics.jsonl").read_text().splitlines())
+                if r["type"] == "train"}
+
+    a, b = losses("straight"), losses("cut")
+    assert sorted(a) == sorted(b) == list(range(1, 401))
+    assert all(abs(a[s] - b[s]) <= 1e-6 for s in a)
