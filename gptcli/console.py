@@ -55,10 +55,11 @@ class Progress:
         self._t0 = time.monotonic()
         if rich_console is not None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            count = MofNCompleteColumn() if unit == "steps" else TaskProgressColumn()
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]{task.description}"), BarColumn(), count,
                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
                 TimeRemainingColumn(), console=rich_console, transient=False,
             )
@@ -73,11 +74,13 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
 
-    def update(self, completed: float, status: str = "", total: float | None = None) -> None:
+    def update(self, completed: float, status: str | None = None, total: float | None = None) -> None:
+        """Move the bar; a status of None keeps the last one."""
         if total is not None:
             self.total = total
         if self._bar is not None:
-            self._bar.update(self._task, completed=completed, status=status, total=self.total)
+            fields = {} if status is None else {"status": status}
+            self._bar.update(self._task, completed=completed, total=self.total, **fields)
 
     def line(self, text: str) -> None:
         """A milestone: printed as a line above the bar, or as a plain line."""

@@ -209,6 +209,27 @@ def cache_key(docs: list[Document], tok: BPETokenizer) -> str:
     return h.hexdigest()
 
 
+def _cache_paths(docs: list[Document], tok: BPETokenizer, cache_dir: Path | None) -> tuple[str, Path, Path]:
+    folder = (cache_dir or cache_root()) / "tokens"
+    key = cache_key(docs, tok)
+    return key, folder / f"{key}.json", folder / f"{key}.bin"
+
+
+def lookup_cache(docs: list[Document], tok: BPETokenizer, cache_dir: Path | None = None) -> TokenFile | None:
+    """The cached tokens of these documents under this tokenizer, if complete."""
+    key, meta_path, bin_path = _cache_paths(docs, tok, cache_dir)
+    if not (meta_path.is_file() and bin_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        tf = TokenFile(bin_path, meta["dtype"], meta["n_tokens"], meta["n_bytes"], key)
+        if bin_path.stat().st_size == tf.n_tokens * np.dtype(tf.dtype).itemsize:
+            return tf
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a damaged entry is rebuilt
+    return None
+
+
 def tokenize_to_cache(
     docs: list[Document],
     tok: BPETokenizer,
@@ -220,17 +241,10 @@ def tokenize_to_cache(
 
     Layout: every document is preceded by <|endoftext|>, so documents are separated by it
     and an empty prompt (which starts from <|endoftext|>) looks like a document start."""
-    folder = (cache_dir or cache_root()) / "tokens"
-    key = cache_key(docs, tok)
-    meta_path, bin_path = folder / f"{key}.json", folder / f"{key}.bin"
-    if meta_path.is_file() and bin_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-            tf = TokenFile(bin_path, meta["dtype"], meta["n_tokens"], meta["n_bytes"], key)
-            if bin_path.stat().st_size == tf.n_tokens * np.dtype(tf.dtype).itemsize:
-                return tf, True
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # a damaged entry is rebuilt below
+    cached = lookup_cache(docs, tok, cache_dir)
+    if cached is not None:
+        return cached, True
+    key, meta_path, bin_path = _cache_paths(docs, tok, cache_dir)
     dtype = np.dtype(token_dtype(tok.vocab_size))
     total_bytes = sum(d.n_bytes for d in docs)
     n_tokens, done_bytes = 0, 0

@@ -22,7 +22,8 @@ from gptcli import atomic
 from gptcli import checkpoint as ckpt
 from gptcli.config import DEFAULT_MAX_STEPS, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
 from gptcli.console import Console, format_duration
-from gptcli.data import Split, check_fits, collect_documents, iter_documents_text, split_train_val, tokenize_to_cache
+from gptcli.data import (Split, check_fits, collect_documents, iter_documents_text, lookup_cache, split_train_val,
+                         tokenize_to_cache)
 from gptcli.device import dist_info, pick_device, pick_precision, rng_state, seed_everything, set_rng_state
 from gptcli.errors import UsageError
 from gptcli.model import GPT
@@ -131,10 +132,15 @@ def resolve_tokenizer(req: TrainRequest, docs, console: Console) -> BPETokenizer
 
 def tokenize(docs, tok: BPETokenizer, console: Console, what: str):
     total = sum(d.n_bytes for d in docs)
-    t0 = time.perf_counter()
-    with console.progress(f"tokenizing {what}", total) as bar:
-        tf, cached = tokenize_to_cache(docs, tok, progress=lambda done, _: bar.update(done))
-    how = "cached" if cached else f"tokenized in {time.perf_counter() - t0:.1f}s"
+    tf = lookup_cache(docs, tok)
+    if tf is not None:
+        how = "cached"
+    else:
+        t0 = time.perf_counter()
+        with console.progress(f"tokenizing {what}", total, "bytes") as bar:
+            tf, _ = tokenize_to_cache(docs, tok, progress=lambda done, _: bar.update(done))
+            bar.update(total)
+        how = f"tokenized in {time.perf_counter() - t0:.1f}s"
     console.info(f"data: {what} {total:,} bytes -> {tf.n_tokens:,} tokens ({how})")
     return tf
 
@@ -154,16 +160,28 @@ class RunFolderHooks(Hooks):
             parts.append(f"val {ev['val_loss']:.4f} ({ev['val_bpb']:.3f} bpb)")
         return " | ".join(p for p in parts if p)
 
+    def on_step(self, trainer: Trainer) -> None:
+        if self.bar.is_bar:
+            s = trainer.state
+            self.bar.update(s.step, total=max(s.total_steps, s.step) if s.total_steps else None)
+
     def on_log(self, trainer: Trainer, record: dict) -> None:
         ckpt.append_metrics(self.run, record)
-        total = trainer.state.total_steps
-        s = trainer.state
+        s, cfg = trainer.state, trainer.cfg
+        # A --max-time run may outlast its fitted schedule (it then trains at the floor LR).
+        total = max(s.total_steps, s.step) if s.total_steps else None
         status = f"{self._status(trainer, record['loss'])} | lr {record['lr']:.2e} | {record['tokens_per_sec']:,.0f} tok/s"
         if self.bar.is_bar:
             self.bar.update(s.step, status, total=total)
+            return
+        if cfg.max_time is not None:
+            eta = cfg.max_time - s.elapsed
+            if trainer.planned_steps() is not None:
+                eta = min(eta, (total - s.step) * s.elapsed / s.step)
         else:
-            eta = f" | eta {format_duration((total - s.step) * s.elapsed / s.step)}" if total else ""
-            self.bar.line(f"step {s.step}" + (f"/{total}" if total else "") + f" | {status}{eta}")
+            eta = (total - s.step) * s.elapsed / s.step if total else None
+        self.bar.line(f"step {s.step}" + (f"/{total}" if total else "") + f" | {status}"
+                      + (f" | eta {format_duration(eta)}" if eta is not None else ""))
 
     def on_eval(self, trainer: Trainer, record: dict) -> None:
         ckpt.append_metrics(self.run, record)

@@ -2,8 +2,8 @@
 gradient clipping and accumulation, periodic evaluation with bits per byte, best-model
 tracking, early stopping, and a clean stop on request.
 
-Knows nothing of files or terminals: it reports through hooks (on_log, on_eval,
-on_checkpoint) and leaves saving and printing to the caller. Only rank 0 calls hooks, so
+Knows nothing of files or terminals: it reports through hooks (on_step, on_log,
+on_eval, on_checkpoint) and leaves saving and printing to the caller. Only rank 0 calls hooks, so
 the loop is ready for data-parallel runs under torchrun.
 """
 
@@ -41,6 +41,9 @@ class TrainState:
 
 class Hooks:
     """Override what you need; the trainer calls these on rank 0 only."""
+
+    def on_step(self, trainer: "Trainer") -> None:
+        """After every optimizer step; must stay cheap (no host sync)."""
 
     def on_log(self, trainer: "Trainer", record: dict) -> None: ...
 
@@ -224,6 +227,8 @@ class Trainer:
                     probe_t0 = self.state.elapsed
                 elif step == 1 + TIME_PROBE_STEPS:
                     self.state.total_steps = self._estimate_horizon((self.state.elapsed - probe_t0) / TIME_PROBE_STEPS)
+            if self.rank == 0:
+                self.hooks.on_step(self)
             if step % self.cfg.log_interval == 0:
                 mean_loss = (loss_sum / loss_n).item()
                 self._check_finite(mean_loss)
