@@ -27,7 +27,7 @@ from gptcli.tokenizer import BPETokenizer
 
 CACHE_FORMAT = 1
 READ_BYTES = 1 << 20  # raw bytes read per step
-ENCODE_BATCH_CHARS = 4 << 20  # characters handed to the parallel encoder at once
+ENCODE_BATCH_CHARS = 2 << 20  # characters handed to the parallel encoder at once (~100 MB peak)
 CHUNK_CHARS = 64 << 10  # target size of one chunk of text given to the encoder
 SNIFF_BYTES = 8192
 
@@ -260,9 +260,7 @@ def tokenize_to_cache(
                     batch.append(chunk)
                     size += len(chunk)
                 if batch and (chunk is None or size >= ENCODE_BATCH_CHARS):
-                    ids = np.fromiter(
-                        (i for enc in tok.encode_batch(batch) for i in enc), dtype=dtype
-                    )
+                    ids = np.concatenate([np.asarray(enc, dtype=dtype) for enc in tok.encode_batch(batch)])
                     out.write(ids.tobytes())
                     n_tokens += len(ids)
                     done_bytes += size  # characters: close enough for a progress bar

@@ -240,3 +240,34 @@ def test_signal_saves_and_resume_equals_an_uninterrupted_run(small_corpus, sig, 
     a, b = losses("straight"), losses("cut")
     assert sorted(a) == sorted(b) == list(range(1, 401))
     assert all(abs(a[s] - b[s]) <= 1e-6 for s in a)
+
+
+def test_val_file_and_fine_tuning_with_init(monkeypatch, capsys, small_corpus, shakespeare_text):
+    val = small_corpus.parent / "val.txt"
+    val.write_text(shakespeare_text[-5000:])
+    base = ["train", str(small_corpus), *TINY_FLAGS, "--max-steps", "3"]
+    code, _, err = cli(monkeypatch, capsys, *base, "--val", str(val), "--out", "base")
+    assert code == 0, err
+    doc = json.loads(open("base/config.json").read())
+    assert doc["training"]["val_paths"] == [str(val)] and doc["training"]["val_fraction"] is None
+    from gptcli.checkpoint import load_run
+
+    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), "--init", "base", "--max-steps", "2",
+                       "--batch-size", "4", "--eval-iters", "2", "--out", "tuned")
+    assert code == 0, err
+    assert "init: starting from the weights of base" in err
+    tuned, _, doc = load_run("tuned")
+    assert doc["model"]["n_embd"] == 32 and doc["training"]["init"] == "base"
+    assert doc["tokenizer"]["sha256"] == json.loads(open("base/config.json").read())["tokenizer"]["sha256"]
+
+
+def test_resume_refuses_changes_that_would_break_it(monkeypatch, capsys, small_corpus, shakespeare_text):
+    assert cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2", "--out", "run")[0] == 0
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--lr", "0.1")
+    assert_clean_error(code, out, err, match="--lr cannot change when resuming")
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--out", "x")
+    assert_clean_error(code, out, err, match="--resume continues a run in place")
+    assert cli(monkeypatch, capsys, "train", "-", *TINY_FLAGS, "--max-steps", "2", "--out", "piped",
+               stdin=shakespeare_text[:20000].encode())[0] == 0
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", "piped")
+    assert_clean_error(code, out, err, match="trained on stdin")

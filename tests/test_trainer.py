@@ -132,3 +132,30 @@ def test_grad_accumulation_matches_a_bigger_batch():
     assert la == pytest.approx(lb, abs=1e-5)
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+
+
+def test_max_time_fits_the_schedule_then_stops_on_time():
+    trainer = _setup(Hooks(), max_steps=None, max_time=1.5, eval_interval=1000, dropout=0.0)
+    assert trainer.run() == "max_time"
+    assert trainer.state.elapsed >= 1.5
+    assert trainer.state.total_steps is not None and trainer.state.total_steps > 11
+
+
+def test_epochs_set_the_step_count():
+    trainer = _setup(Hooks(), max_steps=None, epochs=0.5, eval_interval=1000, dropout=0.0)
+    # 5000 training tokens, 4 x 16 tokens a step: half an epoch is 40 steps
+    assert trainer.planned_steps() == 40
+    assert trainer.run() == "epochs" and trainer.state.step == 40
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    warnings = []
+    trainer = _setup(Hooks())
+    trainer.try_compile(warnings.append)
+    assert trainer._step_model is trainer.model
+    assert warnings and "no compiler here" in warnings[0]
+    assert trainer.run() == "max_steps"
