@@ -289,10 +289,14 @@ class Split:
     n_bytes: int  # UTF-8 bytes these tokens stand for (for bits per byte)
 
 
-def split_train_val(tokens: np.ndarray, byte_lengths: np.ndarray, val_fraction: float) -> tuple[Split, Split]:
-    """The last `val_fraction` of the tokens is validation."""
+def check_val_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+
+
+def split_train_val(tokens: np.ndarray, byte_lengths: np.ndarray, val_fraction: float) -> tuple[Split, Split]:
+    """The last `val_fraction` of the tokens is validation."""
+    check_val_fraction(val_fraction)
     n_val = int(len(tokens) * val_fraction)
     train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
     return Split(train, count_bytes(train, byte_lengths)), Split(val, count_bytes(val, byte_lengths))

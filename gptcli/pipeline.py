@@ -20,10 +20,11 @@ from pathlib import Path
 
 from gptcli import atomic
 from gptcli import checkpoint as ckpt
-from gptcli.config import DEFAULT_MAX_STEPS, ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
+from gptcli.config import (DEFAULT_MAX_STEPS, MIN_VOCAB, ModelConfig, TrainConfig, model_config_from_dict,
+                           train_config_from_dict)
 from gptcli.console import Console, format_duration
-from gptcli.data import (Split, check_fits, collect_documents, iter_documents_text, lookup_cache, split_train_val,
-                         tokenize_to_cache)
+from gptcli.data import (Split, check_fits, check_val_fraction, collect_documents, iter_documents_text, lookup_cache,
+                         split_train_val, tokenize_to_cache)
 from gptcli.device import dist_info, pick_device, pick_precision, rng_state, seed_everything, set_rng_state
 from gptcli.errors import UsageError
 from gptcli.model import GPT
@@ -208,85 +209,96 @@ def training_summary(trainer: Trainer) -> dict:
 # -- the command -------------------------------------------------------------------
 
 
-def _resume_configs(req: TrainRequest, doc: dict) -> tuple[ModelConfig, TrainConfig]:
+@dataclass
+class _Plan:
+    """What a run will do, settled before any slow work."""
+
+    run: Path
+    model_cfg: ModelConfig  # vocab_size is set once the tokenizer is known
+    train_cfg: TrainConfig
+    paths: list[str]
+    val_paths: list[str]
+    val_fraction: float
+    previous: dict  # the training summary of a resumed run; empty for a new one
+    tok: BPETokenizer | None  # known up front only when resuming
+
+
+def _plan_resume(req: TrainRequest, console: Console) -> _Plan:
+    run = req.resume
+    doc = ckpt.read_config(run)
+    ckpt.resume_dir(run)
     fixed = sorted(req.explicit - RESUMABLE_OVERRIDES)
     if fixed:
         raise UsageError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; only "
                          "--max-steps, --max-time, --epochs, --patience, --device and --compile can")
-    training = doc.get("training") or {}
-    train_cfg = train_config_from_dict(training.get("config") or {})
+    previous = doc.get("training") or {}
+    train_cfg = train_config_from_dict(previous.get("config") or {})
     for name in req.explicit & RESUMABLE_OVERRIDES:
         setattr(train_cfg, name, getattr(req.train, name))
-    return model_config_from_dict(doc["model"]), train_cfg.validate()
+    train_cfg.dtype = previous.get("dtype", train_cfg.dtype)  # the precision it ran in, for exactness
+    model_cfg = model_config_from_dict(doc["model"])
+    paths = req.paths or previous.get("corpus") or []
+    if "<stdin>" in paths:
+        raise UsageError(f"{run} was trained on stdin: pipe the same text again with `gptcli train - --resume {run}`")
+    tok = BPETokenizer.load(run / TOKENIZER_FILE)
+    ckpt.check_tokenizer(tok, model_cfg, doc, run)
+    console.info(f"resuming {run} at step {previous.get('steps', 0)}")
+    return _Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [],
+                 previous.get("val_fraction") or req.val_fraction, previous, tok)
+
+
+def _plan_new(req: TrainRequest) -> _Plan:
+    if req.tokenizer is not None and req.init is not None:
+        raise UsageError("--tokenizer and --init disagree: --init uses the tokenizer of the run it starts from")
+    train_cfg = req.train.validate()
+    if train_cfg.max_steps is None and train_cfg.max_time is None and train_cfg.epochs is None:
+        train_cfg.max_steps = DEFAULT_MAX_STEPS
+    if not req.paths:
+        raise UsageError("no corpus given: pass one or more files, folders, or - for stdin")
+    check_val_fraction(req.val_fraction)
+    # The vocabulary is not known yet; check everything else about the shape now.
+    dataclasses.replace(req.model, vocab_size=max(req.model.vocab_size, MIN_VOCAB)).validate()
+    run = req.out or default_out(req.paths)
+    check_out(run, req.overwrite)
+    return _Plan(run, req.model, train_cfg, req.paths, req.val, req.val_fraction, {}, None)
 
 
 def train(req: TrainRequest, console: Console) -> TrainResult:
     rank, world = dist_info()
-    previous: dict = {}
-    if req.resume is not None:
-        run = req.resume
-        doc = ckpt.read_config(run)
-        ckpt.resume_dir(run)
-        model_cfg, train_cfg = _resume_configs(req, doc)
-        previous = doc.get("training") or {}
-        paths = req.paths or previous.get("corpus") or []
-        if "<stdin>" in paths:
-            raise UsageError(f"{run} was trained on stdin: pipe the same text again with `gptcli train - --resume {run}`")
-        val_paths = req.val or previous.get("val_paths") or []
-        val_fraction = previous.get("val_fraction", req.val_fraction)
-        tok = BPETokenizer.load(run / TOKENIZER_FILE)
-        ckpt.check_tokenizer(tok, model_cfg, doc, run)
-        console.info(f"resuming {run} at step {previous.get('steps', 0)}")
-    else:
-        if req.tokenizer is not None and req.init is not None:
-            raise UsageError("--tokenizer and --init disagree: --init uses the tokenizer of the run it starts from")
-        model_cfg, train_cfg = req.model, req.train.validate()
-        if train_cfg.max_steps is None and train_cfg.max_time is None and train_cfg.epochs is None:
-            train_cfg.max_steps = DEFAULT_MAX_STEPS
-        paths, val_paths, val_fraction = req.paths, req.val, req.val_fraction
-        if not paths:
-            raise UsageError("no corpus given: pass one or more files, folders, or - for stdin")
-        if not 0.0 < val_fraction < 1.0:
-            raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-        # Fail on bad settings before any slow work.
-        dataclasses.replace(model_cfg, vocab_size=max(model_cfg.vocab_size, 257)).validate()
-        run = req.out or default_out(paths)
-        check_out(run, req.overwrite)
-
+    plan = _plan_resume(req, console) if req.resume is not None else _plan_new(req)
+    train_cfg = plan.train_cfg
     device = pick_device(train_cfg.device)
-    precision = pick_precision(previous.get("dtype", train_cfg.dtype) if req.resume else train_cfg.dtype, device)
+    precision = pick_precision(train_cfg.dtype, device)
 
-    docs = collect_documents(paths, console.warn)
-    init_weights = None
+    docs = collect_documents(plan.paths, console.warn)
+    tok, model_cfg, init_weights = plan.tok, plan.model_cfg, None
     if req.resume is None and req.init is not None:
         init_model, tok, _ = ckpt.load_run(req.init)
         init_weights = init_model.state_dict()
         model_cfg = dataclasses.replace(init_model.config, dropout=model_cfg.dropout)
         console.info(f"init: starting from the weights of {req.init}")
-    elif req.resume is None:
+    elif tok is None:
         tok = resolve_tokenizer(req, docs, console)
     tf = tokenize(docs, tok, console, "corpus")
     byte_lengths = tok.token_byte_lengths()
-    if val_paths:
-        vf = tokenize(collect_documents(val_paths, console.warn), tok, console, "validation")
-        train_split = Split(tf.array(), tf.n_bytes)
-        val_split = Split(vf.array(), vf.n_bytes)
+    if plan.val_paths:
+        vf = tokenize(collect_documents(plan.val_paths, console.warn), tok, console, "validation")
+        train_split, val_split = Split(tf.array(), tf.n_bytes), Split(vf.array(), vf.n_bytes)
     else:
-        train_split, val_split = split_train_val(tf.array(), byte_lengths, val_fraction)
+        train_split, val_split = split_train_val(tf.array(), byte_lengths, plan.val_fraction)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.vocab_size).validate()
     check_fits(train_split, model_cfg.block_size, "training")
     check_fits(val_split, model_cfg.block_size, "validation")
 
-    if req.resume is None:
-        create_out(run, req.overwrite)
+    run = plan.run if req.resume is not None else create_out(plan.run, req.overwrite)
     seed_everything(train_cfg.seed)
     model = GPT(model_cfg)
     if init_weights is not None:
         model.load_state_dict(init_weights)
     model.to(device)
-    summary = dict(previous) if req.resume else {
-        "preset": req.preset, "corpus": [d.name for d in docs], "val_paths": list(val_paths),
-        "val_fraction": None if val_paths else val_fraction, "init": str(req.init) if req.init else None,
+    summary = dict(plan.previous) or {
+        "preset": req.preset, "corpus": [d.name for d in docs], "val_paths": list(plan.val_paths),
+        "val_fraction": None if plan.val_paths else plan.val_fraction, "init": str(req.init) if req.init else None,
     }
     summary.update({"config": dataclasses.asdict(train_cfg), "device": device.type, "dtype": precision.name,
                     "params": model.num_params(), "train_tokens": len(train_split.tokens),
