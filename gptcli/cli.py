@@ -7,6 +7,7 @@ tokenizers) are imported inside command bodies so `gptcli --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -46,6 +47,18 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def _stdout_reader_may_leave():
+    """`gptcli ... | head` closes the pipe early: that is the reader's choice, not an
+    error. Stop quietly with exit 0 (click's own handling would exit 1)."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit cannot fail again
+        raise typer.Exit(0) from None
 
 
 def _console(quiet: bool = False):
@@ -137,6 +150,61 @@ def train(
         raise typer.Exit(143 if result.signal == signal.SIGTERM else 130)
 
 
+# -- generate ----------------------------------------------------------------------
+
+PANEL_PROMPT, PANEL_STRATEGY, PANEL_OUTPUT = "Prompts", "Strategy", "Output"
+
+
+@app.command()
+def generate(
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Run folder [default: the newest under ./checkpoints/].", show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.", show_default=False)] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="File (or -) with one prompt per line, or JSON lines with a \"prompt\" field; generated in batches.", show_default=False)] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate per output.")] = 256,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token (same as --temperature 0).")] = False,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature; 0 means greedy [default: 0.8].", show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample from the k most likely tokens.", show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample from the smallest set reaching probability p [default: 0.95 unless --top-k].", show_default=False)] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option(help="Above 1 discourages tokens already in the context [default: 1.0].", show_default=False)] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Sampled outputs per prompt [default: 1].", show_default=False)] = None,
+    beams: Annotated[Optional[int], typer.Option(help="Beam search with this many beams.", show_default=False)] = None,
+    length_penalty: Annotated[Optional[float], typer.Option(help="Beam score = log-prob sum / length**this [default: 1.0].", show_default=False)] = None,
+    early_stopping: Annotated[Optional[bool], typer.Option("--early-stopping", help="Beam: stop once --beams hypotheses are finished (HF semantics).", show_default=False)] = None,
+    num_return: Annotated[Optional[int], typer.Option(help="Beam: best hypotheses to return per prompt [default: 1].", show_default=False)] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Cut the output before this string; repeatable.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling [default: random, reported by --json].", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Outputs generated together from --prompts.")] = 8,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="Print the text at the end instead of as it is produced.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON record per output on stdout.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Generate text from a trained model. stdout carries only the generated text (or JSON)."""
+    from gptcli.config import sample_config_from_flags
+
+    given = {k: v for k, v in dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+        num_samples=num_samples, num_beams=beams, length_penalty=length_penalty, early_stopping=early_stopping,
+        num_return=num_return).items() if v is not None}
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if prompt is not None and prompts is not None:
+        raise UsageError("--prompt and --prompts are exclusive: give one")
+    from gptcli.generation import GenerateRequest, generate as run_generate, random_seed, read_prompts
+
+    sample = sample_config_from_flags({**given, "greedy": greedy, "max_new_tokens": max_new_tokens,
+                                       "stop": tuple(stop or ()), "seed": seed if seed is not None else random_seed()})
+    if prompts is not None:
+        texts = read_prompts(prompts, _read_stdin_text)
+    elif prompt == "-" or (prompt is None and sys.stdin is not None and not sys.stdin.closed and not sys.stdin.isatty()):
+        texts = [_read_stdin_text()]
+    else:
+        texts = [prompt or ""]
+    req = GenerateRequest(checkpoint=checkpoint, prompts=texts, sample=sample, batch_size=batch_size,
+                          stream=not no_stream, json_lines=json_out, device=device)
+    with _stdout_reader_may_leave():
+        run_generate(req, sys.stdout, _console())
+
+
 # -- info --------------------------------------------------------------------------
 
 
@@ -215,7 +283,8 @@ def tokenizer_encode(
     """Text on stdin -> token ids on stdout."""
     tok = _load_tokenizer(tokenizer)
     ids = tok.encode(_read_stdin_text())
-    print(json.dumps(ids) if json_out else " ".join(map(str, ids)))
+    with _stdout_reader_may_leave():
+        print(json.dumps(ids) if json_out else " ".join(map(str, ids)), flush=True)
 
 
 @tokenizer_app.command("decode")
@@ -234,8 +303,9 @@ def tokenizer_decode(
     bad = [i for i in ids if not 0 <= i < tok.vocab_size]
     if bad:
         raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1})")
-    sys.stdout.write(tok.decode(ids))
-    sys.stdout.flush()
+    with _stdout_reader_may_leave():
+        sys.stdout.write(tok.decode(ids))
+        sys.stdout.flush()
 
 
 def _read_stdin_text() -> str:

@@ -179,3 +179,78 @@ def train_config_from_dict(d: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
 
+
+
+@dataclass
+class SampleConfig:
+    strategy: str = "sample"  # greedy | sample | beam
+    max_new_tokens: int = 256  # tokens to generate per output (end-of-text may stop it sooner)
+    temperature: float = 0.8  # sampling: divide logits by this
+    top_k: int | None = None  # sampling: keep the k most likely tokens
+    top_p: float | None = 0.95  # sampling: keep the smallest set whose probability reaches p
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (CTRL/HF rule)
+    num_samples: int = 1  # sampling: outputs per prompt
+    num_beams: int = 1  # beam search width
+    length_penalty: float = 1.0  # beam score = sum of log-probs / generated_length ** length_penalty
+    early_stopping: bool = False  # beam: stop once num_beams hypotheses are finished (HF semantics)
+    num_return: int = 1  # beam: best hypotheses returned per prompt
+    stop: tuple[str, ...] = ()  # output is cut before the first of these strings
+    seed: int = 0  # one generator per output, seeded from (seed, prompt's sample index)
+
+    def validate(self) -> "SampleConfig":
+        if self.strategy not in ("greedy", "sample", "beam"):
+            raise UsageError(f"unknown strategy {self.strategy!r}")
+        if self.max_new_tokens < 0:
+            raise UsageError(f"--max-new-tokens must be 0 or more, got {self.max_new_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise UsageError(f"--temperature must be 0 or more, got {self.temperature}")
+        if self.top_k is not None and self.top_k <= 0:
+            raise UsageError(f"--top-k must be positive, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise UsageError(f"--repetition-penalty must be positive, got {self.repetition_penalty}")
+        if self.num_samples < 1:
+            raise UsageError(f"--num-samples must be at least 1, got {self.num_samples}")
+        if self.num_beams < 1:
+            raise UsageError(f"--beams must be at least 1, got {self.num_beams}")
+        if not 1 <= self.num_return <= self.num_beams:
+            raise UsageError(f"--num-return must be between 1 and --beams ({self.num_beams}), got {self.num_return}")
+        if not math.isfinite(self.length_penalty):
+            raise UsageError(f"--length-penalty must be a number, got {self.length_penalty}")
+        if any(s == "" for s in self.stop):
+            raise UsageError("--stop strings must not be empty")
+        return self
+
+
+def sample_config_from_flags(given: dict) -> SampleConfig:
+    """Build the strategy from the flags the user actually gave, refusing contradictions
+    instead of silently ignoring a flag. `given` holds only flags that were set."""
+    beams = given.get("num_beams", 1)
+    greedy = given.pop("greedy", False) or given.get("temperature") == 0
+    sampling_flags = [f for f in ("temperature", "top_k", "top_p", "num_samples") if f in given]
+    beam_flags = [f for f in ("length_penalty", "early_stopping", "num_return") if f in given]
+
+    def flag(name: str) -> str:
+        return "--" + {"num_beams": "beams"}.get(name, name).replace("_", "-")
+
+    if beams > 1:
+        if greedy or sampling_flags:
+            what = "--greedy" if greedy and "temperature" not in given else flag(sampling_flags[0])
+            raise UsageError(f"--beams {beams} searches, it does not sample: drop {what}")
+        strategy = "beam"
+    else:
+        if beam_flags:
+            raise UsageError(f"{flag(beam_flags[0])} only applies to beam search: add --beams N (N > 1)")
+        if greedy:
+            extra = [f for f in sampling_flags if f != "temperature" and not (f == "num_samples" and given[f] == 1)]
+            if extra or ("temperature" in given and given["temperature"] != 0):
+                culprit = flag(extra[0]) if extra else "--temperature"
+                raise UsageError(f"greedy decoding takes the most likely token: {culprit} does not apply")
+            given.pop("temperature", None)
+            strategy = "greedy"
+        else:
+            strategy = "sample"
+            if "top_k" in given and "top_p" not in given:
+                given["top_p"] = None  # an explicit --top-k replaces the default nucleus
+    return SampleConfig(strategy=strategy, **given).validate()

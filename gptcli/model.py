@@ -18,10 +18,11 @@ from gptcli.config import ModelConfig
 
 
 class KVCache:
-    """Preallocated keys and values for every layer.
+    """Preallocated keys and values for every layer, plus which positions hold real tokens.
 
     Shape (n_layer, B, n_head, max_len, head_dim). `pos` counts the positions already
-    stored; the model writes layer by layer, then calls `advance` once per forward."""
+    stored; the model writes layer by layer, then calls `advance` once per forward.
+    Left-padded batches mark their padding in `valid` so attention skips it."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, *, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
@@ -29,7 +30,14 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)  # (B, max_len)
+        self.padded = False  # whether any stored position is padding
         self.pos = 0
+
+    def mark_padding(self, valid: torch.Tensor) -> None:
+        """valid (B, T): False where the next T positions are left padding."""
+        self.valid[:, self.pos:self.pos + valid.size(1)] = valid
+        self.padded = self.padded or not bool(valid.all())
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's (B, n_head, T, head_dim) keys/values; return all so far."""
@@ -47,9 +55,30 @@ class KVCache:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
+        self.valid = self.valid.index_select(0, rows)
 
-    def reset(self) -> None:
-        self.pos = 0
+    def attention_mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
+        """(mask, is_causal) for T new queries after the stored positions."""
+        past, device = self.pos, self.valid.device
+        if not self.padded:
+            if T == 1:
+                return None, False  # one new query may see every stored position
+            if past == 0:
+                return None, True
+            # query i sits at absolute position past + i and sees keys 0..past + i
+            return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past), False
+        allowed = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+        mask = allowed[None] & self.valid[:, None, :past + T]  # (B, T, S): no attending to padding
+        # A padding query would see no key at all (NaN); let every query see itself.
+        mask |= _diagonal(T, past, device)
+        return mask[:, None], False  # (B, 1, T, S)
+
+
+def _diagonal(T: int, past: int, device) -> torch.Tensor:
+    """(1, T, past + T) True where query i meets its own key past + i."""
+    d = torch.zeros(T, past + T, dtype=torch.bool, device=device)
+    d[torch.arange(T), past + torch.arange(T)] = True
+    return d[None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -60,20 +89,13 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int, attn: tuple) -> torch.Tensor:
         B, T, C = x.shape  # (B, T, n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        mask, causal = None, True
+        mask, causal = attn
         if kv_cache is not None:
-            past = kv_cache.pos
             k, v = kv_cache.store(layer, k, v)  # (B, nh, past + T, hd)
-            if T == 1:
-                causal = False  # one new query may see every stored position
-            elif past > 0:
-                # query i sits at absolute position past + i and sees keys 0..past + i
-                causal = False
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
@@ -102,8 +124,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int, attn: tuple) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, attn)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -149,21 +171,28 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                positions: torch.Tensor | None = None, last_only: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if
-        targets (B, T) are given. With a cache, idx holds only the new tokens."""
+        targets (B, T) are given. With a cache, idx holds only the new tokens.
+        positions (B, T) overrides 0, 1, 2, ... (left-padded rows start later);
+        last_only computes logits for the last position alone (generation)."""
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        pos_emb = self.wpe(pos) if self.config.pos_encoding == "learned" else self.pos_table[start:start + T]
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)
+        pos_emb = self.wpe(positions) if self.config.pos_encoding == "learned" else self.pos_table[positions]
         x = self.drop(self.wte(idx) + pos_emb)  # (B, T, n_embd)
+        attn = kv_cache.attention_mask(T) if kv_cache is not None else (None, True)
         for layer, block in enumerate(self.h):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, attn)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, n_embd)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:

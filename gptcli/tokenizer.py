@@ -8,6 +8,8 @@ disk or of models.
 
 from __future__ import annotations
 
+import codecs
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -97,6 +99,19 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
+    @functools.cached_property
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each token id stands for (special tokens: their text)."""
+        out = [b""] * self.vocab_size
+        specials = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        alphabet = byte_alphabet()
+        for token, i in self.tok.get_vocab().items():
+            out[i] = token.encode("utf-8") if token in specials else bytes(alphabet[c] for c in token)
+        return out
+
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self.token_bytes)
+
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes each token stands for (special tokens: 0), for bits per byte.
         In byte-level BPE each character of a token's string is exactly one byte."""
@@ -108,6 +123,37 @@ class BPETokenizer:
 
     def summary(self) -> dict:
         return {"vocab_size": self.vocab_size, "eot_id": self.eot_id, "sha256": self.sha256}
+
+
+@functools.cache
+def byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable Latin-1 bytes stand for
+    themselves, the other 68 are shifted to code points from 256 up, in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    table, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + shifted)] = b
+            shifted += 1
+    return table
+
+
+class StreamDecoder:
+    """Token ids in, text out, one id at a time, never a partial UTF-8 character: bytes
+    are held back until they complete a character (invalid ones become U+FFFD). All
+    pieces plus `flush()` concatenate to the text of all the ids."""
+
+    def __init__(self, token_bytes: list[bytes]):
+        self._token_bytes = token_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def step(self, token_id: int) -> str:
+        return self._utf8.decode(self._token_bytes[token_id])
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,0 +1,269 @@
+"""`gptcli generate`, wired: pick the model, read the prompts, run the decoding loops,
+and turn ids into text (streamed without splitting a UTF-8 character, cut before stop
+strings) and into records (text or JSON lines).
+
+The loops themselves are sampling.py's; this module owns prompts, outputs and their
+order. It writes the product to the `out` stream it is given and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+import torch
+
+from gptcli import checkpoint as ckpt
+from gptcli.config import SampleConfig
+from gptcli.console import Console
+from gptcli.errors import UsageError
+from gptcli.sampling import beam_search, decode_steps
+from gptcli.tokenizer import BPETokenizer, StreamDecoder
+
+WORKSPACE_CHECKPOINTS = Path("checkpoints")
+
+
+def resolve_checkpoint(given: Path | None, console: Console) -> Path:
+    """--checkpoint, else the newest run under ./checkpoints/."""
+    if given is not None:
+        return given
+    runs = [d for d in WORKSPACE_CHECKPOINTS.glob("*") if (d / ckpt.CONFIG).is_file() and (d / ckpt.WEIGHTS).is_file()]
+    if runs:
+        newest = max(runs, key=lambda d: (d / ckpt.WEIGHTS).stat().st_mtime)
+        console.info(f"model: {newest} (the newest run under {WORKSPACE_CHECKPOINTS}/)")
+        return newest
+    raise UsageError("no model to generate from: pass --checkpoint DIR, or train one with `gptcli train`")
+
+
+def read_prompts(source: str, read_stdin: Callable[[], str]) -> list[str]:
+    """One prompt per line, or JSON lines with a "prompt" field (when every non-blank
+    line starts with '{')."""
+    if source == "-":
+        text = read_stdin()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(f"--prompts {source}: no such file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompts {source} is not UTF-8 text") from None
+    lines = text.splitlines()
+    if lines and all(line.lstrip().startswith("{") for line in lines if line.strip()):
+        prompts = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise UsageError(f"--prompts {source} line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise UsageError(f"--prompts {source} line {n}: needs a string \"prompt\" field")
+            prompts.append(record["prompt"])
+        return prompts
+    return lines
+
+
+class StopCutter:
+    """Cuts text before the first stop string, holding back only as much as could still
+    be the start of one (so streaming stays as live as possible)."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops, self.pending, self.hit = stops, "", False
+
+    def feed(self, piece: str) -> str:
+        if not self.stops:
+            return piece
+        self.pending += piece
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.pending, self.hit = self.pending[:min(found)], "", True
+            return out
+        hold = max((k for s in self.stops for k in range(1, min(len(s), len(self.pending) + 1))
+                    if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class Output:
+    """One generated text and everything --json reports about it."""
+
+    prompt_index: int
+    prompt: str
+    sample: int  # sample index (sampling) or rank (beam search)
+    decoder: StreamDecoder
+    cutter: StopCutter
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprob: float = 0.0
+    finish_reason: str | None = None  # eos | length | stop
+    score: float | None = None  # beam search: the length-penalized score
+
+    def take(self, token: int, logprob: float, eot_id: int) -> str:
+        """Consume one token; return the text that is now safe to show."""
+        if token == eot_id:
+            self.finish_reason = "eos"
+            return self.close()
+        self.token_ids.append(token)
+        self.logprob += logprob
+        piece = self.cutter.feed(self.decoder.step(token))
+        self.text += piece
+        if self.cutter.hit:
+            self.finish_reason = "stop"
+        return piece
+
+    def close(self) -> str:
+        """No more tokens: release the bytes and text held back, and settle the reason."""
+        rest = ""
+        if not self.cutter.hit:
+            rest = self.cutter.feed(self.decoder.flush())
+            if not self.cutter.hit:
+                rest += self.cutter.flush()
+        self.text += rest
+        if self.cutter.hit:
+            self.finish_reason = "stop"
+        elif self.finish_reason is None:
+            self.finish_reason = "length"
+        return rest
+
+
+def sample_seed(seed: int, prompt: str, sample: int) -> int:
+    """A generator seed for one output from the run's seed, its prompt and its sample
+    index alone: an output never depends on what else shares its batch or file."""
+    digest = hashlib.blake2b(f"{seed}:{sample}:{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@dataclass
+class GenerateRequest:
+    checkpoint: Path | None
+    prompts: list[str]
+    sample: SampleConfig
+    batch_size: int = 8
+    stream: bool = True  # write text as it is produced (single output only)
+    json_lines: bool = False
+    device: str = "auto"
+
+
+def escape_line(text: str) -> str:
+    """One output per line: backslash, newline and CR are escaped (use --json for exact text)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def generate(req: GenerateRequest, out: TextIO, console: Console) -> list[Output]:
+    from gptcli.device import pick_device
+
+    cfg = req.sample
+    run = resolve_checkpoint(req.checkpoint, console)
+    device = pick_device(req.device)
+    model, tok, _ = ckpt.load_run(run, device)
+    block = model.config.block_size
+    encoded = []
+    for i, text in enumerate(req.prompts):
+        ids = tok.encode(text) or [tok.eot_id]  # an empty prompt starts a new document
+        if len(ids) > block:
+            console.warn(f"prompt {i + 1} has {len(ids)} tokens; keeping its last {block} (the model's context)")
+            ids = ids[-block:]
+        encoded.append(ids)
+    per_prompt = cfg.num_return if cfg.strategy == "beam" else cfg.num_samples
+    single = len(encoded) * per_prompt == 1
+    streaming = single and req.stream and not req.json_lines and cfg.strategy != "beam"
+    results: list[Output] = []
+    with torch.inference_mode():
+        if cfg.strategy == "beam":
+            for i, ids in enumerate(encoded):
+                t0 = time.perf_counter()
+                hyps = beam_search(model, ids, cfg, tok.eot_id)
+                rate = sum(len(h.tokens) for h in hyps) / max(time.perf_counter() - t0, 1e-9)
+                for rank, h in enumerate(hyps):
+                    o = _new_output(i, req.prompts[i], rank, tok, cfg)
+                    for t in h.tokens:
+                        if o.finish_reason:
+                            break
+                        o.take(t, 0.0, tok.eot_id)
+                    if not o.finish_reason:
+                        o.close()
+                    o.logprob, o.score = h.logprob, h.score
+                    results.append(o)
+                    _emit(o, out, req, cfg, single, rate, streamed=False)
+        else:
+            jobs = [(i, j) for i in range(len(encoded)) for j in range(cfg.num_samples)]
+            for start in range(0, len(jobs), req.batch_size):
+                batch = jobs[start:start + req.batch_size]
+                outs = [_new_output(i, req.prompts[i], j, tok, cfg) for i, j in batch]
+                gens = [torch.Generator(device=device).manual_seed(sample_seed(cfg.seed, req.prompts[i], j)) for i, j in batch]
+                t0, produced = time.perf_counter(), 0
+                steps = decode_steps(model, [encoded[i] for i, _ in batch], cfg, tok.eot_id, gens)
+                for ids, lps in steps:
+                    for o, t, lp in zip(outs, ids, lps):
+                        if o.finish_reason is None:
+                            produced += 1
+                            piece = o.take(t, lp, tok.eot_id)
+                            if streaming and piece:
+                                out.write(piece)
+                                out.flush()
+                    if all(o.finish_reason for o in outs):
+                        steps.close()
+                        break
+                rate = produced / max(time.perf_counter() - t0, 1e-9)
+                for o in outs:
+                    if o.finish_reason is None:
+                        rest = o.close()
+                        if streaming and rest:
+                            out.write(rest)
+                    results.append(o)
+                    _emit(o, out, req, cfg, single, rate, streamed=streaming)
+    out.flush()
+    return results
+
+
+def _new_output(i: int, prompt: str, sample: int, tok: BPETokenizer, cfg: SampleConfig) -> Output:
+    return Output(i, prompt, sample, tok.stream_decoder(), StopCutter(cfg.stop))
+
+
+def _emit(o: Output, out: TextIO, req: GenerateRequest, cfg: SampleConfig, single: bool, rate: float,
+          streamed: bool) -> None:
+    if req.json_lines:
+        record = {"prompt": o.prompt, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
+                  "logprob": o.logprob, **strategy_fields(cfg), "seed": cfg.seed if cfg.strategy == "sample" else None,
+                  "tokens_per_second": round(rate, 2)}
+        if cfg.strategy == "beam":
+            record.update(rank=o.sample, score=o.score)
+        elif cfg.num_samples > 1:
+            record["sample"] = o.sample
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    elif single:
+        if not streamed:
+            out.write(o.text)
+        if out.isatty():  # end the line on a terminal; pipes get the exact text
+            out.write("\n")
+    else:
+        out.write(escape_line(o.text) + "\n")
+    out.flush()
+
+
+def strategy_fields(cfg: SampleConfig) -> dict:
+    common = {"strategy": cfg.strategy, "max_new_tokens": cfg.max_new_tokens, "stop": list(cfg.stop),
+              "repetition_penalty": cfg.repetition_penalty}
+    if cfg.strategy == "sample":
+        return {**common, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p}
+    if cfg.strategy == "beam":
+        return {**common, "beams": cfg.num_beams, "length_penalty": cfg.length_penalty,
+                "early_stopping": cfg.early_stopping, "num_return": cfg.num_return}
+    return common
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF

@@ -1,0 +1,230 @@
+"""Generation in token ids: pure functions over logits (repetition penalty, temperature,
+top-k, top-p) and the decoding loops over a KV cache: greedy and sampling for a
+left-padded batch, and beam search scored as HF transformers scores it.
+
+Knows nothing of text, stop strings or output formats; the caller decodes and decides
+when to stop listening. Every sampled row draws from its own torch.Generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptcli.config import SampleConfig
+from gptcli.model import GPT, KVCache
+
+WINDOW_KEEP = 0.75  # past block_size, keep this share of the context and rebuild the cache
+NEG = -1.0e9  # HF's "impossible" score in beam bookkeeping
+
+
+# -- logits processors -------------------------------------------------------------
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Tokens already in the context: divide positive logits by the penalty, multiply
+    negative ones (the CTRL rule HF uses). seen (B, V) bool."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep exactly the k largest logits per row (ties broken by index), -inf the rest."""
+    if k >= logits.size(-1):
+        return logits
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # the most likely token always stays
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor | None) -> torch.Tensor:
+    """Repetition penalty, then (sampling only) temperature, top-k and top-p: HF's order."""
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+    if cfg.strategy == "sample":
+        logits = logits / cfg.temperature
+        if cfg.top_k is not None:
+            logits = top_k_filter(logits, cfg.top_k)
+        if cfg.top_p is not None:
+            logits = top_p_filter(logits, cfg.top_p)
+    return logits
+
+
+# -- prefill and the sliding window ----------------------------------------------------
+
+
+def prefill(model: GPT, rows: list[list[int]]) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+    """Run the prompts once, left-padded, into a fresh cache. Returns the cache, the
+    last position's logits (B, V) and each row's next position (B,)."""
+    device = model.wte.weight.device
+    T = max(len(r) for r in rows)
+    idx = torch.zeros((len(rows), T), dtype=torch.long, device=device)  # padding: any id, it is masked
+    valid = torch.zeros(len(rows), T, dtype=torch.bool, device=device)
+    for i, r in enumerate(rows):
+        idx[i, T - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
+        valid[i, T - len(r):] = True
+    cache = KVCache(model.config, len(rows), device=device, dtype=model.wte.weight.dtype)
+    positions = None
+    if not bool(valid.all()):
+        cache.mark_padding(valid)
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # each row counts from its first token
+    logits, _ = model(idx, kv_cache=cache, positions=positions, last_only=True)
+    return cache, logits[:, -1], valid.sum(dim=1)
+
+
+def window_size(model: GPT) -> int:
+    return max(1, int(model.config.block_size * WINDOW_KEEP))
+
+
+# -- greedy and sampling -----------------------------------------------------------
+
+
+def decode_steps(model: GPT, prompts: list[list[int]], cfg: SampleConfig, eot_id: int,
+                 generators: list[torch.Generator] | None = None) -> Iterator[tuple[list[int], list[float]]]:
+    """Greedy or sampled continuation of a batch of prompts (each non-empty, at most
+    block_size tokens). Yields every step's new token per row and its log-probability
+    under the distribution it was drawn from. Stops after max_new_tokens, or once every
+    row has produced end-of-text; the caller may stop listening sooner."""
+    if cfg.max_new_tokens == 0:
+        return
+    rows = [list(p) for p in prompts]
+    B, V = len(rows), model.config.vocab_size
+    cache, logits, next_pos = prefill(model, rows)
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.zeros(B, V, dtype=torch.bool, device=logits.device)
+        for i, r in enumerate(rows):
+            seen[i, r] = True
+    done = [False] * B
+    for step in range(cfg.max_new_tokens):
+        scores = process_logits(logits, cfg, seen)
+        if cfg.strategy == "greedy":
+            nxt = scores.argmax(dim=-1)
+        else:
+            probs = scores.softmax(dim=-1)
+            nxt = torch.cat([torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(B)])
+        logp = scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
+        ids = nxt.tolist()
+        yield ids, logp.tolist()
+        for i, t in enumerate(ids):
+            rows[i].append(t)
+            done[i] = done[i] or t == eot_id
+        if all(done) or step == cfg.max_new_tokens - 1:
+            return
+        if seen is not None:
+            seen[torch.arange(B), nxt] = True
+        if cache.pos >= model.config.block_size:  # window full: keep the recent part, rebuild
+            cache, logits, next_pos = prefill(model, [r[-window_size(model):] for r in rows])
+            continue
+        out, _ = model(nxt[:, None], kv_cache=cache, positions=next_pos[:, None])
+        logits = out[:, -1]
+        next_pos = next_pos + 1
+
+
+# -- beam search -------------------------------------------------------------------
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated ids, end-of-text included when it ended the beam
+    score: float  # sum of log-probabilities / generated_length ** length_penalty
+    logprob: float  # sum of log-probabilities
+
+
+def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -> list[Hypothesis]:
+    """Beam search following HF transformers' conventions, so that equal weights give
+    equal beams: the top 2*K continuations of all beams are scored each step; those
+    that end (end-of-text, or the length limit) and rank in the top K enter the
+    finished set with score sum_logprobs / generated_len ** length_penalty; the best K
+    unfinished continue. early_stopping=True stops once K hypotheses are finished;
+    False stops when no running beam can beat the worst finished one at its current
+    length. Returns the best `num_return` hypotheses, best first."""
+    K, V, lp = cfg.num_beams, model.config.vocab_size, cfg.length_penalty
+    if cfg.max_new_tokens == 0:
+        return [Hypothesis([], 0.0, 0.0)] * cfg.num_return
+    cache, logits, _ = prefill(model, [prompt])
+    device = logits.device
+    cache.reorder(torch.zeros(K, dtype=torch.long, device=device))
+    logits = logits.expand(K, V)
+    running = [[] for _ in range(K)]
+    running_scores = torch.full((K,), NEG, device=device)
+    running_scores[0] = 0.0
+    fin_scores = torch.full((K,), NEG, device=device)
+    fin_tokens: list[list[int]] = [[] for _ in range(K)]
+    fin_logprobs = [0.0] * K
+    fin_done = torch.zeros(K, dtype=torch.bool, device=device)
+    improvable = True
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.zeros(K, V, dtype=torch.bool, device=device)
+        seen[:, prompt] = True
+    top_k_mask = torch.arange(2 * K, device=device) < K
+    for step in range(cfg.max_new_tokens):
+        logp = logits.float().log_softmax(dim=-1)
+        if seen is not None:  # HF applies its processors to the log-probabilities here
+            logp = apply_repetition_penalty(logp, seen, cfg.repetition_penalty)
+        top_scores, top_idx = (logp + running_scores[:, None]).view(-1).topk(2 * K)
+        beam, tok = top_idx // V, top_idx % V
+        hits = (tok == eot_id) | (step == cfg.max_new_tokens - 1)
+
+        # candidates for the finished set
+        cand = top_scores / ((step + 1) ** lp)
+        if cfg.early_stopping and bool(fin_done.all()):
+            cand = cand + NEG
+        if not improvable:
+            cand = cand + NEG
+        just_finished = hits & top_k_mask
+        cand = cand + (~just_finished).float() * NEG
+        beam_list, tok_list, top_list = beam.tolist(), tok.tolist(), top_scores.tolist()
+        merged = torch.cat([fin_scores, cand]).topk(K).indices.tolist()
+        cand_tokens = [running[b] + [t] for b, t in zip(beam_list, tok_list)]
+        all_tokens, all_lp = fin_tokens + cand_tokens, fin_logprobs + top_list
+        all_done = torch.cat([fin_done, just_finished])
+        fin_scores = torch.cat([fin_scores, cand])[merged]
+        fin_tokens = [all_tokens[i] for i in merged]
+        fin_logprobs = [all_lp[i] for i in merged]
+        fin_done = all_done[merged]
+
+        # the best K unfinished continue
+        keep = (top_scores + hits.float() * NEG).topk(K)
+        running_scores = keep.values
+        sel = keep.indices.tolist()
+        running = [cand_tokens[j] for j in sel]
+        rows = beam[keep.indices]
+        nxt = tok[keep.indices]
+        cache.reorder(rows)
+        if seen is not None:
+            seen = seen[rows]
+            seen[torch.arange(K, device=device), nxt] = True
+
+        generated = step + 1
+        best_possible = running_scores[0] / (generated ** lp)
+        worst_finished = torch.where(fin_done, fin_scores.min(), torch.tensor(NEG, device=device))
+        improvable = improvable and bool((best_possible > worst_finished).any())
+        if not improvable or (cfg.early_stopping and bool(fin_done.all())) or bool(hits.all()):
+            break
+        if cache.pos >= model.config.block_size:
+            cache, logits, _ = prefill(model, [(prompt + r)[-window_size(model):] for r in running])
+            continue
+        out, _ = model(nxt[:, None], kv_cache=cache)
+        logits = out[:, -1]
+    order = range(cfg.num_return)
+    return [Hypothesis(fin_tokens[i], float(fin_scores[i]), fin_logprobs[i]) for i in order]

@@ -1,0 +1,180 @@
+"""Decoding: logits processors, the KV-cached loops against full recompute, beam search
+against greedy and brute force, seeds and batching."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from gptcli import sampling
+from gptcli.config import ModelConfig, SampleConfig, sample_config_from_flags
+from gptcli.errors import UsageError
+from gptcli.model import GPT
+from gptcli.sampling import apply_repetition_penalty, beam_search, decode_steps, top_k_filter, top_p_filter
+
+
+def tiny(vocab=300, block=32, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def greedy(n, **kw) -> SampleConfig:
+    return SampleConfig(strategy="greedy", max_new_tokens=n, **kw)
+
+
+def run(model, prompts, cfg, eot=-1, gens=None):
+    with torch.inference_mode():
+        steps = list(decode_steps(model, prompts, cfg, eot, gens))
+    return [[s[0][i] for s in steps] for i in range(len(prompts))]
+
+
+# -- processors ----------------------------------------------------------------------
+
+
+def test_top_k_keeps_exactly_k():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 3.0, 2.0, 0.0]])
+    kept = top_k_filter(logits, 3)
+    assert torch.isfinite(kept).sum() == 3
+    assert torch.isfinite(kept[0, [1, 2, 3]]).all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    assert torch.isfinite(top_p_filter(logits, 0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.79)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.81)).tolist() == [[True, True, True, False]]
+    assert torch.isfinite(top_p_filter(logits, 1.0)).all()
+
+
+def test_temperature_zero_is_argmax():
+    cfg = sample_config_from_flags({"temperature": 0.0, "max_new_tokens": 5})
+    assert cfg.strategy == "greedy"
+    model = tiny()
+    prompt = [[1, 2, 3]]
+    with torch.inference_mode():
+        logits, _ = model(torch.tensor(prompt))
+    assert run(model, prompt, cfg)[0][0] == int(logits[0, -1].argmax())
+
+
+def test_repetition_penalty_is_applied():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -4.0, 1.0]]
+    model = tiny()
+    plain = run(model, [[5, 6, 7]], greedy(20))[0]
+    penalized = run(model, [[5, 6, 7]], greedy(20, repetition_penalty=5.0))[0]
+    assert len(set(penalized)) > len(set(plain))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"num_beams": 4, "top_k": 5}, "--top-k"),
+    ({"greedy": True, "top_p": 0.5}, "--top-p"),
+    ({"greedy": True, "temperature": 0.7}, "--temperature"),
+    ({"length_penalty": 2.0}, "beam search"),
+    ({"num_beams": 2, "num_return": 3}, "--num-return"),
+    ({"top_k": 0}, "--top-k"),
+    ({"top_p": 0.0}, "--top-p"),
+    ({"top_p": 1.5}, "--top-p"),
+    ({"temperature": -0.1}, "--temperature"),
+    ({"num_beams": 0}, "--beams"),
+    ({"max_new_tokens": -1}, "--max-new-tokens"),
+])
+def test_contradictory_or_bad_flags_are_errors(flags, message):
+    with pytest.raises(UsageError, match=message):
+        sample_config_from_flags(dict(flags))
+
+
+# -- the loops -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_cached_logits_equal_full_recompute_past_the_window(monkeypatch, pos_encoding):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                            pos_encoding=pos_encoding)).eval()
+    seen_logits = []
+    real = sampling.process_logits
+    monkeypatch.setattr(sampling, "process_logits", lambda logits, cfg, seen: seen_logits.append(logits.clone()) or real(logits, cfg, seen))
+    prompt = list(range(10, 30))
+    tokens = run(model, [prompt], greedy(100))[0]  # 20 + 100 tokens through a 32-token window
+    keep = sampling.window_size(model)
+    context, start = prompt[:], 0
+    with torch.inference_mode():
+        for step, token in enumerate(tokens):
+            window = context[start:]
+            full, _ = model(torch.tensor([window]))
+            torch.testing.assert_close(seen_logits[step][0], full[0, -1], rtol=0, atol=1e-5)
+            context.append(token)
+            if len(context) - start > model.config.block_size:  # the cache slid: same rule
+                start = len(context) - keep
+    assert len(tokens) == 100
+
+
+def test_batched_greedy_equals_unbatched():
+    model = tiny()
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [42], [7, 7, 7, 100, 200]]
+    batched = run(model, prompts, greedy(40))
+    for p, out in zip(prompts, batched):
+        assert run(model, [p], greedy(40))[0] == out
+
+
+def test_seeded_sampling_reproduces_and_ignores_batch_mates():
+    model = tiny()
+    cfg = SampleConfig(strategy="sample", max_new_tokens=30, temperature=1.0, top_p=None)
+
+    def gen(seed):
+        return torch.Generator().manual_seed(seed)
+
+    alone = run(model, [[1, 2, 3]], cfg, gens=[gen(7)])[0]
+    assert run(model, [[1, 2, 3]], cfg, gens=[gen(7)])[0] == alone
+    crowd = run(model, [[9, 9], [1, 2, 3], [5, 6, 7, 8]], cfg, gens=[gen(1), gen(7), gen(3)])
+    assert crowd[1] == alone
+    assert run(model, [[1, 2, 3]], cfg, gens=[gen(8)])[0] != alone
+
+
+def test_end_of_text_ends_the_loop():
+    model = tiny()
+    first = run(model, [[1, 2]], greedy(1))[0][0]
+    with torch.inference_mode():
+        steps = list(decode_steps(model, [[1, 2]], greedy(50), first))
+    assert len(steps) == 1
+
+
+def test_beam_search_with_one_beam_is_greedy():
+    model = tiny()
+    with torch.inference_mode():
+        hyp = beam_search(model, [3, 1, 4], SampleConfig(strategy="beam", num_beams=1, max_new_tokens=25), -1)
+    assert hyp[0].tokens == run(model, [[3, 1, 4]], greedy(25))[0]
+
+
+def test_beam_search_finds_the_brute_force_best():
+    V, L = 6, 3
+    model = tiny(vocab=V, seed=3)
+    prompt = [1, 2]
+    with torch.inference_mode():
+        best, best_score = None, -float("inf")
+        for seq in itertools.product(range(V), repeat=L):
+            logits, _ = model(torch.tensor([prompt + list(seq)]))
+            logp = logits[0].log_softmax(-1)
+            score = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(seq))
+            if score > best_score:
+                best, best_score = list(seq), score
+        cfg = SampleConfig(strategy="beam", num_beams=V ** (L - 1), max_new_tokens=L, num_return=3)
+        hyps = beam_search(model, prompt, cfg, -1)
+    assert hyps[0].tokens == best
+    assert hyps[0].logprob == pytest.approx(best_score, abs=1e-4)
+    assert hyps[0].score >= hyps[1].score >= hyps[2].score
+
+
+def test_beam_scores_follow_the_length_penalty():
+    model = tiny()
+    for lp in (0.5, 1.0, 2.0):
+        cfg = SampleConfig(strategy="beam", num_beams=3, max_new_tokens=8, length_penalty=lp, num_return=3)
+        with torch.inference_mode():
+            hyps = beam_search(model, [5, 6], cfg, -1)
+        for h in hyps:
+            assert h.score == pytest.approx(h.logprob / len(h.tokens) ** lp, rel=1e-5)
