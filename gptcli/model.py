@@ -87,11 +87,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v at once
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int, attn: tuple) -> torch.Tensor:
         B, T, C = x.shape  # (B, T, n_embd)
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = _linear(self.c_attn, x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         mask, causal = attn
         if kv_cache is not None:
@@ -101,19 +100,19 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return _dropout(_linear(self.c_proj, y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = F.gelu(_linear(self.c_fc, x), approximate="tanh")  # GPT-2's gelu_new; (B, T, 4 * n_embd)
+        return _dropout(_linear(self.c_proj, h), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -125,8 +124,22 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int, attn: tuple) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache, layer, attn)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.attn.forward(_layer_norm(self.ln_1, x), kv_cache, layer, attn)
+        return x + self.mlp.forward(_layer_norm(self.ln_2, x))
+
+
+# Decoding a small model on a CPU spends as long in nn.Module call machinery as in the
+# matrix products, so the blocks call the functional forms on their modules' parameters.
+def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(x, p, training) if training and p > 0 else x
 
 
 def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
@@ -148,7 +161,6 @@ class GPT(nn.Module):
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:  # computed, never stored in a checkpoint
             self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
-        self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -184,16 +196,16 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)
-        pos_emb = self.wpe(positions) if self.config.pos_encoding == "learned" else self.pos_table[positions]
-        x = self.drop(self.wte(idx) + pos_emb)  # (B, T, n_embd)
+        pos_emb = F.embedding(positions, self.wpe.weight) if self.config.pos_encoding == "learned" else self.pos_table[positions]
+        x = _dropout(F.embedding(idx, self.wte.weight) + pos_emb, self.config.dropout, self.training)  # (B, T, n_embd)
         attn = kv_cache.attention_mask(T) if kv_cache is not None else (None, True)
         for layer, block in enumerate(self.h):
-            x = block(x, kv_cache, layer, attn)
+            x = block.forward(x, kv_cache, layer, attn)
         if kv_cache is not None:
             kv_cache.advance(T)
         if last_only:
             x = x[:, -1:]  # (B, 1, n_embd)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        logits = F.linear(_layer_norm(self.ln_f, x), self.lm_head.weight)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))
