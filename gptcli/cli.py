@@ -205,6 +205,41 @@ def generate(
         run_generate(req, sys.stdout, _console())
 
 
+# -- Hugging Face interop ----------------------------------------------------------
+
+
+@app.command("import-hf")
+def import_hf(
+    src: Annotated[Path, typer.Argument(help="HF GPT-2 folder: config.json, model.safetensors, and tokenizer.json or vocab.json + merges.txt.")],
+    out: Annotated[Path, typer.Argument(help="Run folder to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Import a local Hugging Face GPT-2 checkpoint as a gptcli run folder (never unpickles)."""
+    from gptcli.interop import import_hf as run_import
+
+    summary = run_import(src, out, overwrite)
+    _console().info(f"imported {src} -> {out} ({summary['params']:,} parameters)")
+    if json_out:
+        print(json.dumps(summary))
+
+
+@app.command("export-hf")
+def export_hf(
+    run: Annotated[Path, typer.Argument(help="A gptcli run folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write for transformers' from_pretrained.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Export a run folder as a Hugging Face GPT-2 folder (config, safetensors, tokenizer)."""
+    from gptcli.interop import export_hf as run_export
+
+    summary = run_export(run, out, overwrite)
+    _console().info(f"exported {run} -> {out}: load it with GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained")
+    if json_out:
+        print(json.dumps(summary))
+
+
 # -- info --------------------------------------------------------------------------
 
 

@@ -74,6 +74,18 @@ class BPETokenizer:
             raise UsageError(f"{path} is not a byte-level BPE tokenizer (model {model_type!r})")
         return cls(tok, text)
 
+    @classmethod
+    def from_vocab_merges(cls, vocab: Path, merges: Path) -> "BPETokenizer":
+        """GPT-2's older tokenizer files (vocab.json + merges.txt), as a byte-level BPE."""
+        try:
+            tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as e:  # tokenizers raises plain Exception on bad files
+            raise UsageError(f"cannot read {vocab.name} + {merges.name} in {vocab.parent} ({_first_line(e)})") from None
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([EOT])  # keeps its id in vocab.json; marks it special
+        return cls(tok)
+
     def save(self, path: Path | str) -> Path:
         """Write tokenizer.json atomically; `path` may be a folder or a file name."""
         path = Path(path)
