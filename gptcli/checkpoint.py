@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -114,6 +115,21 @@ def read_config(run: Path) -> dict:
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise UsageError(f"{run} was written by a newer gptcli (format {doc['format_version']}); upgrade gptcli")
     return doc
+
+
+WORKSPACE = Path("checkpoints")
+
+
+def resolve_run(given: Path | None, note: Callable[[str], None]) -> Path:
+    """--checkpoint if given, else the newest run under ./checkpoints/."""
+    if given is not None:
+        return given
+    runs = [d for d in WORKSPACE.glob("*") if (d / CONFIG).is_file() and (d / WEIGHTS).is_file()]
+    if runs:
+        newest = max(runs, key=lambda d: (d / WEIGHTS).stat().st_mtime)
+        note(f"model: {newest} (the newest run under {WORKSPACE}/)")
+        return newest
+    raise UsageError("no model found: pass --checkpoint DIR, or train one with `gptcli train`")
 
 
 def is_run(run: Path) -> bool:

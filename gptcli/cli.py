@@ -205,6 +205,36 @@ def generate(
         run_generate(req, sys.stdout, _console())
 
 
+# -- eval --------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Text files, folders or - for stdin.")],
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Run folder [default: the newest under ./checkpoints/].", show_default=False)] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Tokens between window starts [default: half the context].", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Score text with a model: tokens, loss, perplexity, bits per byte, next-token accuracy."""
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    from gptcli.evaluation import EvalRequest, evaluate as run_eval
+
+    result = run_eval(EvalRequest(paths, checkpoint, stride, batch_size, device), _console())
+    with _stdout_reader_may_leave():
+        if json_out:
+            print(json.dumps(result))
+        else:
+            print(f"tokens         {result['tokens']:,}\n"
+                  f"bytes          {result['bytes']:,}\n"
+                  f"loss           {result['loss']:.4f} nats/token\n"
+                  f"perplexity     {result['perplexity']:.2f}\n"
+                  f"bits per byte  {result['bits_per_byte']:.4f}\n"
+                  f"accuracy       {result['accuracy']:.2%}")
+
+
 # -- Hugging Face interop ----------------------------------------------------------
 
 

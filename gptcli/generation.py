@@ -25,21 +25,6 @@ from gptcli.errors import UsageError
 from gptcli.sampling import beam_search, decode_steps
 from gptcli.tokenizer import BPETokenizer, StreamDecoder
 
-WORKSPACE_CHECKPOINTS = Path("checkpoints")
-
-
-def resolve_checkpoint(given: Path | None, console: Console) -> Path:
-    """--checkpoint, else the newest run under ./checkpoints/."""
-    if given is not None:
-        return given
-    runs = [d for d in WORKSPACE_CHECKPOINTS.glob("*") if (d / ckpt.CONFIG).is_file() and (d / ckpt.WEIGHTS).is_file()]
-    if runs:
-        newest = max(runs, key=lambda d: (d / ckpt.WEIGHTS).stat().st_mtime)
-        console.info(f"model: {newest} (the newest run under {WORKSPACE_CHECKPOINTS}/)")
-        return newest
-    raise UsageError("no model to generate from: pass --checkpoint DIR, or train one with `gptcli train`")
-
-
 def read_prompts(source: str, read_stdin: Callable[[], str]) -> list[str]:
     """One prompt per line, or JSON lines with a "prompt" field (when every non-blank
     line starts with '{')."""
@@ -166,7 +151,7 @@ def generate(req: GenerateRequest, out: TextIO, console: Console) -> list[Output
     from gptcli.device import pick_device
 
     cfg = req.sample
-    run = resolve_checkpoint(req.checkpoint, console)
+    run = ckpt.resolve_run(req.checkpoint, console.info)
     device = pick_device(req.device)
     model, tok, _ = ckpt.load_run(run, device)
     block = model.config.block_size

@@ -32,7 +32,6 @@ from gptcli.tokenizer import TOKENIZER_FILE, BPETokenizer
 from gptcli.trainer import Hooks, Trainer
 
 WORKSPACE_TOKENIZER = Path("tokenizer")
-WORKSPACE_CHECKPOINTS = Path("checkpoints")
 DEFAULT_VOCAB = 4096
 # Settings a resumed run may change: where it runs and when it stops.
 RESUMABLE_OVERRIDES = {"max_steps", "max_time", "epochs", "patience", "device", "compile", "log_interval"}
@@ -101,7 +100,7 @@ def create_out(out: Path, overwrite: bool) -> Path:
 def default_out(paths: list[str]) -> Path:
     first = paths[0] if paths else "run"
     stem = "stdin" if first == "-" else (Path(first).stem or Path(first).resolve().name or "run")
-    return WORKSPACE_CHECKPOINTS / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return ckpt.WORKSPACE / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 # -- tokenizer ---------------------------------------------------------------------

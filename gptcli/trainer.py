@@ -19,6 +19,7 @@ import torch
 from gptcli.config import TrainConfig
 from gptcli.data import BatchSampler, Split, eval_windows
 from gptcli.device import Precision
+from gptcli.evaluate import score_tokens
 from gptcli.errors import RunError
 from gptcli.model import GPT
 
@@ -91,9 +92,14 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * world_size
         self._step_model = model  # replaced by the compiled model when --compile works
         self._stop_requested = False
+        self._byte_lengths_np = byte_lengths
+        budget = cfg.eval_iters * cfg.batch_size
+        # A validation split that fits the budget is scored whole, exactly as `gptcli eval
+        # --stride block_size` scores it; a larger one through evenly spread windows.
+        self._val_whole = math.ceil((len(val.tokens) - 1) / self.block_size) <= budget
         self._eval_batches = {
-            name: torch.from_numpy(eval_windows(split.tokens, self.block_size, cfg.eval_iters * cfg.batch_size))
-            for name, split in (("train", train), ("val", val))
+            name: torch.from_numpy(eval_windows(split.tokens, self.block_size, budget))
+            for name, split in (("train", train), ("val", val)) if not (name == "val" and self._val_whole)
         }
 
     # -- schedule and stopping ------------------------------------------------------
@@ -203,6 +209,10 @@ class Trainer:
             out[f"{name}_loss"] = (nats / count).item()
             if name == "val":
                 out["val_bpb"] = (nats / math.log(2) / max(int(n_bytes.item()), 1)).item()
+        if self._val_whole:
+            score = score_tokens(self.model, self.val.tokens, self._byte_lengths_np, stride=self.block_size,
+                                 batch_size=B, precision=self.precision)
+            out["val_loss"], out["val_bpb"] = score.loss, score.bits_per_byte
         self.model.train()
         return out
 

@@ -177,4 +177,4 @@ def test_bad_generate_input(cjk_run, monkeypatch, capsys, args, message):
 
 def test_no_model_anywhere_is_a_clear_error(monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "generate", "-p", "hi")
-    assert_clean_error(code, out, err, match="no model to generate from")
+    assert_clean_error(code, out, err, match="no model found")

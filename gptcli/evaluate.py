@@ -1,0 +1,102 @@
+"""Scoring text with a model: loss, perplexity, bits per byte and next-token accuracy over
+a sliding window, so every token is predicted with context.
+
+Reads tokens from a (memory-mapped) array in batches of windows, so a large file is
+never in memory at once. Used by `gptcli eval` and by the trainer's validation, so the
+two report the same figure for the same text. Knows nothing of files or terminals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gptcli.device import Precision
+from gptcli.model import GPT
+
+
+@dataclass
+class Score:
+    tokens: int = 0  # targets scored
+    nats: float = 0.0  # summed cross-entropy
+    correct: int = 0  # targets that were the model's top guess
+    bytes: int = 0  # UTF-8 bytes the scored targets stand for
+
+    @property
+    def loss(self) -> float:
+        return self.nats / max(self.tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nats / math.log(2) / max(self.bytes, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.tokens, 1)
+
+    def as_dict(self) -> dict:
+        return {"tokens": self.tokens, "bytes": self.bytes, "loss": self.loss, "perplexity": self.perplexity,
+                "bits_per_byte": self.bits_per_byte, "accuracy": self.accuracy}
+
+
+def windows(n_tokens: int, block: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(begin, end, first_new) for each window over n_tokens: inputs are tokens[begin:end-1],
+    targets tokens[begin+1:end], and targets from index first_new on are scored (earlier
+    ones were scored by a previous window and serve here as context only). Windows start
+    `stride` apart, so a scored target has at least block + 1 - stride tokens before it in
+    its window (all of them, in the first window)."""
+    scored, begin = 1, 0  # token 0 is never a target
+    while scored < n_tokens:
+        end = min(begin + block + 1, n_tokens)
+        yield begin, end, scored
+        scored, begin = end, begin + stride
+
+
+def score_tokens(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, *, stride: int, batch_size: int,
+                 precision: Precision, progress: Callable[[int, int], None] | None = None) -> Score:
+    """Sliding-window score of a token array. Each window holds up to block_size inputs;
+    consecutive windows start `stride` apart, so every scored token after the first
+    window has at least block_size - stride tokens of context."""
+    block = model.config.block_size
+    device = next(model.parameters()).device
+    lengths = torch.as_tensor(byte_lengths, device=device)
+    score = Score()
+    plan = list(windows(len(tokens), block, stride))
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(plan), batch_size):
+            group = plan[i:i + batch_size]
+            # windows in a batch share a length except the last, which may be short
+            for same in _by_length(group):
+                width = same[0][1] - same[0][0]
+                xy = torch.from_numpy(np.stack([tokens[b:e].astype(np.int64) for b, e, _ in same])).to(device)
+                x, y = xy[:, :-1], xy[:, 1:]
+                with precision.autocast():
+                    logits, _ = model(x)
+                nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                                        reduction="none").view(len(same), width - 1)
+                keep = torch.zeros_like(y, dtype=torch.bool)
+                for row, (b, _, first) in enumerate(same):
+                    keep[row, first - b - 1:] = True
+                score.nats += float(nll[keep].double().sum())
+                score.tokens += int(keep.sum())
+                score.correct += int((logits.argmax(-1) == y)[keep].sum())
+                score.bytes += int(lengths[y[keep]].sum())
+            if progress:
+                progress(group[-1][1], len(tokens))
+    return score
+
+
+def _by_length(group: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    out: dict[int, list] = {}
+    for w in group:
+        out.setdefault(w[1] - w[0], []).append(w)
+    return list(out.values())
