@@ -118,10 +118,12 @@ def read_config(run: Path) -> dict:
 
 
 WORKSPACE = Path("checkpoints")
+SHIPPED = Path(__file__).resolve().parent / "assets" / "default"  # package data: works from any install
 
 
 def resolve_run(given: Path | None, note: Callable[[str], None]) -> Path:
-    """--checkpoint if given, else the newest run under ./checkpoints/."""
+    """--checkpoint if given, else the newest run under ./checkpoints/, else the model
+    shipped with gptcli."""
     if given is not None:
         return given
     runs = [d for d in WORKSPACE.glob("*") if (d / CONFIG).is_file() and (d / WEIGHTS).is_file()]
@@ -129,6 +131,9 @@ def resolve_run(given: Path | None, note: Callable[[str], None]) -> Path:
         newest = max(runs, key=lambda d: (d / WEIGHTS).stat().st_mtime)
         note(f"model: {newest} (the newest run under {WORKSPACE}/)")
         return newest
+    if (SHIPPED / WEIGHTS).is_file():
+        note("model: the default model shipped with gptcli (trained on tinyshakespeare); pass -c DIR for another")
+        return SHIPPED
     raise UsageError("no model found: pass --checkpoint DIR, or train one with `gptcli train`")
 
 

@@ -21,6 +21,7 @@ import torch
 from gptcli import checkpoint as ckpt
 from gptcli.config import SampleConfig
 from gptcli.console import Console
+from gptcli.device import pick_device
 from gptcli.errors import UsageError
 from gptcli.sampling import beam_search, decode_steps
 from gptcli.tokenizer import BPETokenizer, StreamDecoder
@@ -148,12 +149,9 @@ def escape_line(text: str) -> str:
 
 
 def generate(req: GenerateRequest, out: TextIO, console: Console) -> list[Output]:
-    from gptcli.device import pick_device
-
-    cfg = req.sample
+    """Generate every output of the request, writing the product to `out` in input order."""
     run = ckpt.resolve_run(req.checkpoint, console.info)
-    device = pick_device(req.device)
-    model, tok, _ = ckpt.load_run(run, device)
+    model, tok, _ = ckpt.load_run(run, pick_device(req.device))
     block = model.config.block_size
     encoded = []
     for i, text in enumerate(req.prompts):
@@ -162,55 +160,71 @@ def generate(req: GenerateRequest, out: TextIO, console: Console) -> list[Output
             console.warn(f"prompt {i + 1} has {len(ids)} tokens; keeping its last {block} (the model's context)")
             ids = ids[-block:]
         encoded.append(ids)
-    per_prompt = cfg.num_return if cfg.strategy == "beam" else cfg.num_samples
-    single = len(encoded) * per_prompt == 1
-    streaming = single and req.stream and not req.json_lines and cfg.strategy != "beam"
-    results: list[Output] = []
     with torch.inference_mode():
-        if cfg.strategy == "beam":
-            for i, ids in enumerate(encoded):
-                t0 = time.perf_counter()
-                hyps = beam_search(model, ids, cfg, tok.eot_id)
-                rate = sum(len(h.tokens) for h in hyps) / max(time.perf_counter() - t0, 1e-9)
-                for rank, h in enumerate(hyps):
-                    o = _new_output(i, req.prompts[i], rank, tok, cfg)
-                    for t in h.tokens:
-                        if o.finish_reason:
-                            break
-                        o.take(t, 0.0, tok.eot_id)
-                    if not o.finish_reason:
-                        o.close()
-                    o.logprob, o.score = h.logprob, h.score
-                    results.append(o)
-                    _emit(o, out, req, cfg, single, rate, streamed=False)
-        else:
-            jobs = [(i, j) for i in range(len(encoded)) for j in range(cfg.num_samples)]
-            for start in range(0, len(jobs), req.batch_size):
-                batch = jobs[start:start + req.batch_size]
-                outs = [_new_output(i, req.prompts[i], j, tok, cfg) for i, j in batch]
-                gens = [torch.Generator(device=device).manual_seed(sample_seed(cfg.seed, req.prompts[i], j)) for i, j in batch]
-                t0, produced = time.perf_counter(), 0
-                steps = decode_steps(model, [encoded[i] for i, _ in batch], cfg, tok.eot_id, gens)
-                for ids, lps in steps:
-                    for o, t, lp in zip(outs, ids, lps):
-                        if o.finish_reason is None:
-                            produced += 1
-                            piece = o.take(t, lp, tok.eot_id)
-                            if streaming and piece:
-                                out.write(piece)
-                                out.flush()
-                    if all(o.finish_reason for o in outs):
-                        steps.close()
-                        break
-                rate = produced / max(time.perf_counter() - t0, 1e-9)
-                for o in outs:
-                    if o.finish_reason is None:
-                        rest = o.close()
-                        if streaming and rest:
-                            out.write(rest)
-                    results.append(o)
-                    _emit(o, out, req, cfg, single, rate, streamed=streaming)
+        run_outputs = _beam_outputs if req.sample.strategy == "beam" else _sampled_outputs
+        results = run_outputs(model, tok, encoded, req, out)
     out.flush()
+    return results
+
+
+def _is_single(req: GenerateRequest) -> bool:
+    cfg = req.sample
+    return len(req.prompts) * (cfg.num_return if cfg.strategy == "beam" else cfg.num_samples) == 1
+
+
+def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest, out: TextIO) -> list[Output]:
+    """Beam search, one prompt at a time; results print when each search ends."""
+    results = []
+    for i, ids in enumerate(encoded):
+        t0 = time.perf_counter()
+        hyps = beam_search(model, ids, req.sample, tok.eot_id)
+        rate = sum(len(h.tokens) for h in hyps) / max(time.perf_counter() - t0, 1e-9)
+        for rank, h in enumerate(hyps):
+            o = _new_output(i, req.prompts[i], rank, tok, req.sample)
+            for t in h.tokens:
+                if o.finish_reason:
+                    break
+                o.take(t, 0.0, tok.eot_id)
+            if not o.finish_reason:
+                o.close()
+            o.logprob, o.score = h.logprob, h.score
+            results.append(o)
+            _emit(o, out, req, rate, streamed=False)
+    return results
+
+
+def _sampled_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest,
+                     out: TextIO) -> list[Output]:
+    """Greedy or sampled outputs, `batch_size` at a time; a single output streams."""
+    cfg, device = req.sample, model.wte.weight.device
+    streaming = _is_single(req) and req.stream and not req.json_lines
+    jobs = [(i, j) for i in range(len(encoded)) for j in range(cfg.num_samples)]
+    results = []
+    for start in range(0, len(jobs), req.batch_size):
+        batch = jobs[start:start + req.batch_size]
+        outs = [_new_output(i, req.prompts[i], j, tok, cfg) for i, j in batch]
+        gens = [torch.Generator(device=device).manual_seed(sample_seed(cfg.seed, req.prompts[i], j)) for i, j in batch]
+        t0, produced = time.perf_counter(), 0
+        steps = decode_steps(model, [encoded[i] for i, _ in batch], cfg, tok.eot_id, gens)
+        for ids, lps in steps:
+            for o, t, lp in zip(outs, ids, lps):
+                if o.finish_reason is None:
+                    produced += 1
+                    piece = o.take(t, lp, tok.eot_id)
+                    if streaming and piece:
+                        out.write(piece)
+                        out.flush()
+            if all(o.finish_reason for o in outs):
+                steps.close()
+                break
+        rate = produced / max(time.perf_counter() - t0, 1e-9)
+        for o in outs:
+            if o.finish_reason is None:
+                rest = o.close()
+                if streaming and rest:
+                    out.write(rest)
+            results.append(o)
+            _emit(o, out, req, rate, streamed=streaming)
     return results
 
 
@@ -218,8 +232,8 @@ def _new_output(i: int, prompt: str, sample: int, tok: BPETokenizer, cfg: Sample
     return Output(i, prompt, sample, tok.stream_decoder(), StopCutter(cfg.stop))
 
 
-def _emit(o: Output, out: TextIO, req: GenerateRequest, cfg: SampleConfig, single: bool, rate: float,
-          streamed: bool) -> None:
+def _emit(o: Output, out: TextIO, req: GenerateRequest, rate: float, streamed: bool) -> None:
+    cfg = req.sample
     if req.json_lines:
         record = {"prompt": o.prompt, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
                   "logprob": o.logprob, **strategy_fields(cfg), "seed": cfg.seed if cfg.strategy == "sample" else None,
@@ -229,7 +243,7 @@ def _emit(o: Output, out: TextIO, req: GenerateRequest, cfg: SampleConfig, singl
         elif cfg.num_samples > 1:
             record["sample"] = o.sample
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    elif single:
+    elif _is_single(req):
         if not streamed:
             out.write(o.text)
         if out.isatty():  # end the line on a terminal; pipes get the exact text

@@ -53,8 +53,12 @@ class KVCache:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
-        self.k = self.k.index_select(1, rows)
-        self.v = self.v.index_select(1, rows)
+        if rows.numel() != self.k.size(1):  # the batch changes size: new buffers
+            self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        else:  # move only the filled positions, not the whole preallocated buffer
+            n = self.pos
+            self.k[:, :, :, :n] = self.k[:, :, :, :n].index_select(1, rows)
+            self.v[:, :, :, :n] = self.v[:, :, :, :n].index_select(1, rows)
         self.valid = self.valid.index_select(0, rows)
 
     def attention_mask(self, T: int) -> tuple[torch.Tensor | None, bool]:

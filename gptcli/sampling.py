@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from gptcli.config import SampleConfig
 from gptcli.model import GPT, KVCache
