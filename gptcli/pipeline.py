@@ -74,6 +74,8 @@ def check_out(out: Path, overwrite: bool) -> None:
             raise UsageError(f"--out {out} is not empty: pass --overwrite to replace it, or --resume {out} to continue it")
         if not ckpt.is_run(out):
             raise UsageError(f"refusing to --overwrite {out}: it is not a gptcli run folder")
+        if (owner := ckpt.lock_owner(out)) is not None:
+            raise UsageError(f"refusing to --overwrite {out}: gptcli process {owner} is writing to it")
     parent = out
     while not parent.exists():
         parent = parent.parent
@@ -290,44 +292,45 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
     check_fits(val_split, model_cfg.block_size, "validation")
 
     run = plan.run if req.resume is not None else create_out(plan.run, req.overwrite)
-    seed_everything(train_cfg.seed)
-    model = GPT(model_cfg)
-    if init_weights is not None:
-        model.load_state_dict(init_weights)
-    model.to(device)
-    summary = dict(plan.previous) or {
-        "preset": req.preset, "corpus": [d.name for d in docs], "val_paths": list(plan.val_paths),
-        "val_fraction": None if plan.val_paths else plan.val_fraction, "init": str(req.init) if req.init else None,
-    }
-    summary.update({"config": dataclasses.asdict(train_cfg), "device": device.type, "dtype": precision.name,
-                    "params": model.num_params(), "train_tokens": len(train_split.tokens),
-                    "val_tokens": len(val_split.tokens), "val_bytes": val_split.n_bytes})
-    console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
-                 f"{model_cfg.n_embd} wide, context {model_cfg.block_size} | {device.type} {precision.name}")
+    with ckpt.run_lock(run, console.warn):  # one writer per run folder
+        seed_everything(train_cfg.seed)
+        model = GPT(model_cfg)
+        if init_weights is not None:
+            model.load_state_dict(init_weights)
+        model.to(device)
+        summary = dict(plan.previous) or {
+            "preset": req.preset, "corpus": [d.name for d in docs], "val_paths": list(plan.val_paths),
+            "val_fraction": None if plan.val_paths else plan.val_fraction, "init": str(req.init) if req.init else None,
+        }
+        summary.update({"config": dataclasses.asdict(train_cfg), "device": device.type, "dtype": precision.name,
+                        "params": model.num_params(), "train_tokens": len(train_split.tokens),
+                        "val_tokens": len(val_split.tokens), "val_bytes": val_split.n_bytes})
+        console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
+                     f"{model_cfg.n_embd} wide, context {model_cfg.block_size} | {device.type} {precision.name}")
 
-    with console.progress("training", None, "steps") as bar:
-        hooks = RunFolderHooks(run, model_cfg, tok, summary, console, bar)
-        trainer = Trainer(model, train_cfg, train_split, val_split, byte_lengths, precision, hooks, rank, world)
-        if req.resume is not None:
-            state = ckpt.load_resume(run, model, trainer.optimizer)
-            trainer.load_state_dict(state)
-            set_rng_state(state["rng"])
-            _truncate_metrics(run, trainer.state.step)
-        else:
-            ckpt.write_tokenizer(run, tok)
+        with console.progress("training", None, "steps") as bar:
+            hooks = RunFolderHooks(run, model_cfg, tok, summary, console, bar)
+            trainer = Trainer(model, train_cfg, train_split, val_split, byte_lengths, precision, hooks, rank, world)
+            if req.resume is not None:
+                state = ckpt.load_resume(run, model, trainer.optimizer)
+                trainer.load_state_dict(state)
+                set_rng_state(state["rng"])
+                _truncate_metrics(run, trainer.state.step)
+            else:
+                ckpt.write_tokenizer(run, tok)
+                ckpt.write_config(run, model_cfg, tok, summary)
+                ckpt.save_weights(run / ckpt.WEIGHTS, model)
+            if train_cfg.compile:
+                trainer.try_compile(console.warn)
+            restore, received = _install_stop_handlers(trainer)
+            try:
+                reason = trainer.run()
+            finally:
+                restore()
+        summary["stop_reason"] = reason
+        if rank == 0:
             ckpt.write_config(run, model_cfg, tok, summary)
-            ckpt.save_weights(run / ckpt.WEIGHTS, model)
-        if train_cfg.compile:
-            trainer.try_compile(console.warn)
-        restore, received = _install_stop_handlers(trainer)
-        try:
-            reason = trainer.run()
-        finally:
-            restore()
-    summary["stop_reason"] = reason
-    if rank == 0:
-        ckpt.write_config(run, model_cfg, tok, summary)
-    return TrainResult(run, reason, summary, received[0] if received else None)
+        return TrainResult(run, reason, summary, received[0] if received else None)
 
 
 def _truncate_metrics(run: Path, step: int) -> None:

@@ -12,7 +12,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHAKESPEARE, TINY_FLAGS, run_gptcli
+from conftest import TINY_FLAGS, run_gptcli
 from gptcli.cli import app, main
 
 
@@ -271,3 +271,24 @@ def test_resume_refuses_changes_that_would_break_it(monkeypatch, capsys, small_c
                stdin=shakespeare_text[:20000].encode())[0] == 0
     code, out, err = cli(monkeypatch, capsys, "train", "--resume", "piped")
     assert_clean_error(code, out, err, match="trained on stdin")
+
+
+def test_a_run_folder_has_one_writer_and_a_killed_writers_lock_is_recovered(monkeypatch, capsys, small_corpus):
+    import subprocess
+
+    args = ["train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2", "--out", "run"]
+    assert cli(monkeypatch, capsys, *args)[0] == 0
+    assert not (small_corpus.parent / "run" / ".lock").exists()  # released on exit
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        (small_corpus.parent / "run" / ".lock").write_text(str(writer.pid))
+        code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "3")
+        assert_clean_error(code, out, err, match=f"another gptcli process (pid {writer.pid})")
+        code, out, err = cli(monkeypatch, capsys, *args, "--overwrite")
+        assert_clean_error(code, out, err, match="is writing to it")
+    finally:
+        writer.kill()
+        writer.wait()
+    code, _, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "3")  # the writer is gone
+    assert code == 0 and "taking over the lock" in err
+    assert not (small_corpus.parent / "run" / ".lock").exists()
