@@ -71,7 +71,6 @@ def main() -> None:
             corpus = tmp / f"corpus{mb}.txt"
             make_corpus(corpus, mb)
             for mode in ["gptcli"] + (["whole"] if args.peer else []):
-                t = time.perf_counter()
                 r = measure(mode, tok, corpus, tmp / f"cache-{mb}-{time.time()}")
                 print(f"{mb:>6}MB {mode:>8} {r['tokens']:>12,} {r['seconds']:>8.1f} {mb / r['seconds']:>6.1f} "
                       f"{r['peak_rss_mb']:>7.0f}MB", flush=True)

@@ -115,3 +115,39 @@ def test_broken_run_folders_get_specific_errors(tmp_path, mixed_tokenizer, setup
 def test_a_missing_folder_is_not_a_run(tmp_path):
     with pytest.raises(UsageError, match="no such run folder"):
         ckpt.load_run(tmp_path / "nowhere")
+
+
+def test_planted_pickles_are_never_executed_anywhere_a_file_is_read(tmp_path, mixed_tokenizer, monkeypatch, capsys):
+    """A pickle that would create a marker file, planted in every file gptcli reads."""
+    from test_cli import cli
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    payload = pickle.dumps(Evil(), protocol=4)
+    run, model = _run(tmp_path, mixed_tokenizer)
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt.save_resume(run, model, opt, {"trainer": {}, "sampler": {}})
+    for name in ("model.safetensors", "resume/model.safetensors", "resume/optimizer.safetensors",
+                 "tokenizer.json", "config.json", "resume/trainer_state.json"):
+        victim = tmp_path / f"victim-{name.replace('/', '-')}"
+        import shutil
+
+        shutil.copytree(run, victim)
+        (victim / name).write_bytes(payload)
+        for args in (["info", str(victim)], ["generate", "-c", str(victim), "-p", "x", "-n", "2"],
+                     ["eval", str(victim / "tokenizer.json"), "-c", str(victim)],
+                     ["train", "--resume", str(victim)], ["export-hf", str(victim), str(tmp_path / "exp")]):
+            code, _, err = cli(monkeypatch, capsys, *args)
+            assert "Traceback" not in err
+            assert not marker.exists(), (name, args)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    mixed_tokenizer.save(hf)
+    (hf / "pytorch_model.bin").write_bytes(payload)
+    code, _, err = cli(monkeypatch, capsys, "import-hf", str(hf), str(tmp_path / "imp"))
+    assert code == 2 and "never unpickles" in err and not marker.exists()

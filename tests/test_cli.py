@@ -292,3 +292,37 @@ def test_a_run_folder_has_one_writer_and_a_killed_writers_lock_is_recovered(monk
     code, _, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "3")  # the writer is gone
     assert code == 0 and "taking over the lock" in err
     assert not (small_corpus.parent / "run" / ".lock").exists()
+
+
+def test_a_full_disk_fails_cleanly_and_keeps_the_last_checkpoint(monkeypatch, capsys, small_corpus):
+    import errno
+
+    from gptcli import checkpoint as ckpt
+
+    run = small_corpus.parent / "run"
+    assert cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "4",
+               "--eval-interval", "2", "--out", "run")[0] == 0
+    before = (run / "resume" / "trainer_state.json").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "8")
+    assert_clean_error(code, out, err, expected_code=1, match="No space left on device")
+    assert (run / "resume" / "trainer_state.json").read_bytes() == before  # the last good step is intact
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".resume.")]
+    assert not (run / ".lock").exists()
+    monkeypatch.undo()
+    ckpt.load_run(run)
+
+
+def test_an_unwritable_out_folder_is_refused_before_any_work(monkeypatch, capsys, small_corpus):
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("locked") else real_access(p, mode))
+    (small_corpus.parent / "locked").mkdir()
+    code, out, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--out", "locked/run")
+    assert_clean_error(code, out, err, match="permission denied")
+    assert not (small_corpus.parent / "tokenizer").exists()
