@@ -326,3 +326,20 @@ def test_an_unwritable_out_folder_is_refused_before_any_work(monkeypatch, capsys
     code, out, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--out", "locked/run")
     assert_clean_error(code, out, err, match="permission denied")
     assert not (small_corpus.parent / "tokenizer").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch, capsys, small_corpus):
+    code, out, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--device", "cuda")
+    assert_clean_error(code, out, err, match="no CUDA GPU is available")
+
+
+def test_closed_stdin_is_a_clear_error(small_corpus):
+    import subprocess
+
+    from gptcli.tokenizer import BPETokenizer
+
+    BPETokenizer.train([small_corpus.read_text()], 300).save(small_corpus.parent / "tok")
+    cmd = f"{sys.executable} -m gptcli tokenizer encode --tokenizer {small_corpus.parent / 'tok'} <&-"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: stdin is closed: pipe text in", proc.stderr
