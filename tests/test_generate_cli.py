@@ -175,6 +175,9 @@ def test_bad_generate_input(cjk_run, monkeypatch, capsys, args, message):
     assert_clean_error(code, out, err, match=message)
 
 
-def test_no_model_anywhere_is_a_clear_error(monkeypatch, capsys):
+def test_no_model_anywhere_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    from gptcli import checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "SHIPPED", tmp_path / "not-shipped")
     code, out, err = cli(monkeypatch, capsys, "generate", "-p", "hi")
     assert_clean_error(code, out, err, match="no model found")
