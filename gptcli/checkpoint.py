@@ -75,20 +75,26 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"{path} is not a valid safetensors file ({msg})") from None
 
 
-def load_weights(model: GPT, path: Path) -> None:
-    """Load and check names, shapes and dtypes against the model built from config.json."""
-    tensors = read_tensors(path)
+def check_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: Path, against: str = CONFIG) -> None:
+    """Names, shapes and dtypes of `tensors` against the model its config describes."""
     expected = {k: v for k, v in model.state_dict().items() if k != TIED}
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
-        raise UsageError(f"{path} does not match config.json: {'; '.join(parts)}")
+        raise UsageError(f"{path} does not match {against}: {'; '.join(parts)}")
     for name, want in expected.items():
         got = tensors[name]
         if tuple(got.shape) != tuple(want.shape):
-            raise UsageError(f"{path} does not match config.json: {name} has shape {tuple(got.shape)}, config implies {tuple(want.shape)}")
+            raise UsageError(f"{path} does not match {against}: {name} has shape {tuple(got.shape)}, "
+                             f"{against} implies {tuple(want.shape)}")
         if not got.is_floating_point():
             raise UsageError(f"{path}: {name} has dtype {got.dtype}, expected a float type")
+
+
+def load_weights(model: GPT, path: Path) -> None:
+    """Load and check names, shapes and dtypes against the model built from config.json."""
+    tensors = read_tensors(path)
+    check_tensors(model, tensors, path)
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=False)
     model.lm_head.weight = model.wte.weight  # keep the tie after loading
 

@@ -117,14 +117,7 @@ def import_hf(src: Path, out: Path, overwrite: bool = False) -> dict:
     check_out_folder(out, overwrite)
     tensors = from_hf_state_dict(ckpt.read_tensors(weights))
     model = GPT(model_cfg)
-    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
-        raise UsageError(f"{weights} does not match its config.json: {'; '.join(parts)}")
-    for name, want in expected.items():
-        if tuple(tensors[name].shape) != tuple(want.shape):
-            raise UsageError(f"{weights}: {name} has shape {tuple(tensors[name].shape)}, config.json implies {tuple(want.shape)}")
+    ckpt.check_tensors(model, tensors, weights, against="its config.json")
     if tok.vocab_size != model_cfg.vocab_size:
         raise UsageError(f"{src}: the tokenizer has {tok.vocab_size} tokens but the model has {model_cfg.vocab_size}")
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=False)
