@@ -206,6 +206,14 @@ def save_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer, state: 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def clean_stale(run: Path) -> None:
+    """Remove temp files and staged folders a killed writer left (call with the lock held)."""
+    for path in list(run.glob(".*.tmp")) + list(run.glob(f"{RESUME}*/.*.tmp")):
+        path.unlink(missing_ok=True)
+    for path in run.glob(f".{RESUME}.*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def resume_dir(run: Path) -> Path:
     """resume/, or resume.old/ if a crash fell between the two renames of a swap."""
     for name in (RESUME, RESUME + ".old"):

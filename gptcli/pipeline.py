@@ -312,6 +312,7 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
             hooks = RunFolderHooks(run, model_cfg, tok, summary, console, bar)
             trainer = Trainer(model, train_cfg, train_split, val_split, byte_lengths, precision, hooks, rank, world)
             if req.resume is not None:
+                ckpt.clean_stale(run)
                 state = ckpt.load_resume(run, model, trainer.optimizer)
                 trainer.load_state_dict(state)
                 set_rng_state(state["rng"])
