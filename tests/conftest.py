@@ -56,3 +56,13 @@ def run_gptcli(*args: str, input: bytes | None = None, cwd: Path | None = None, 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "gptcli", *args], input=input, capture_output=True,
                           cwd=cwd, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def trained_run(isolated, small_corpus, monkeypatch, capsys):
+    """A tiny run folder trained for 20 steps through the real CLI, at ./run."""
+    from test_cli import cli
+
+    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "20", "--out", "run")
+    assert code == 0, err
+    return isolated / "run"

@@ -17,10 +17,8 @@ from test_cli import assert_clean_error, cli
 
 
 @pytest.fixture
-def run(isolated, small_corpus, monkeypatch, capsys):
-    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "10", "--out", "run")
-    assert code == 0, err
-    return isolated / "run"
+def run(trained_run):
+    return trained_run
 
 
 def test_bits_per_byte_matches_a_hand_computation(run, monkeypatch, capsys):

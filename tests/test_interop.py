@@ -105,13 +105,6 @@ def test_import_beam_search_equals_hf(tmp_path, shakespeare_text, monkeypatch, c
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture
-def trained_run(isolated, small_corpus, monkeypatch, capsys):
-    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "20", "--out", "run")
-    assert code == 0, err
-    return isolated / "run"
-
-
 def test_export_loads_in_transformers_with_equal_logits_greedy_and_tokenizer(trained_run, monkeypatch, capsys):
     from transformers import AutoTokenizer
 

@@ -3,7 +3,6 @@ random model configs."""
 
 from __future__ import annotations
 
-import codecs
 
 import torch
 from hypothesis import given, settings
