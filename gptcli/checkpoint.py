@@ -7,12 +7,15 @@ A run folder is self-contained:
     metrics.jsonl       one record per log line and evaluation
     resume/             latest weights, optimizer tensors (safetensors), trainer_state.json
 Nothing here reads or writes pickle. `resume/` is staged in a temp folder and swapped in
-by rename, so its three files always belong to the same step.
+by rename, so its three files always belong to the same step. A checkpoint writes
+resume/ before model.safetensors and config.json: a kill between them leaves resume/
+ahead, and it holds all it takes to catch the others up (see restore_best).
 """
 
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import json
 import os
 import shutil
@@ -220,6 +223,18 @@ def resume_dir(run: Path) -> Path:
         if (run / name / TRAINER_STATE).is_file():
             return run / name
     raise UsageError(f"{run} has no resume state (no {RESUME}/{TRAINER_STATE}): it cannot be resumed")
+
+
+def restore_best(run: Path) -> bool:
+    """Copy resume/'s weights to model.safetensors unless they are already the same bytes.
+    For a resume whose last checkpoint was a new best: those weights are the best, and a
+    kill may have fallen before they reached model.safetensors. True if it copied."""
+    source, target = resume_dir(run) / WEIGHTS, run / WEIGHTS
+    if target.is_file() and filecmp.cmp(source, target, shallow=False):
+        return False
+    with atomic.atomic_path(target) as tmp:  # a failed copy is a RunError there
+        shutil.copyfile(source, tmp)
+    return True
 
 
 def load_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:

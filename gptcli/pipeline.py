@@ -191,11 +191,33 @@ class RunFolderHooks(Hooks):
                       f"| val {record['val_bpb']:.4f} bits/byte")
 
     def on_checkpoint(self, trainer: Trainer, is_best: bool) -> None:
+        # resume/ first: a kill before the best weights or config.json are written leaves
+        # resume/ ahead of them, and resuming catches them up (restore_from). The other
+        # order could leave a new best beside a trainer state that never saw it.
+        ckpt.save_resume(self.run, trainer.model, trainer.optimizer, {**trainer.state_dict(), "rng": rng_state()})
         if is_best or not (self.run / ckpt.WEIGHTS).is_file():
             ckpt.save_weights(self.run / ckpt.WEIGHTS, trainer.model)
-        ckpt.save_resume(self.run, trainer.model, trainer.optimizer, {**trainer.state_dict(), "rng": rng_state()})
+        self.write_summary(trainer)
+
+    def write_summary(self, trainer: Trainer) -> None:
         self.summary.update(training_summary(trainer))
         ckpt.write_config(self.run, self.model_cfg, self.tok, self.summary)
+
+    def restore_from(self, trainer: Trainer) -> None:
+        """Load resume/ into the trainer, then bring the rest of the folder up to it: a kill
+        can fall after resume/ is swapped in and before model.safetensors or config.json
+        are written (and metrics.jsonl may run past the checkpoint)."""
+        ckpt.clean_stale(self.run)
+        state = ckpt.load_resume(self.run, trainer.model, trainer.optimizer)
+        trainer.load_state_dict(state)
+        set_rng_state(state["rng"])
+        s = trainer.state
+        self.bar.line(f"resuming {self.run} at step {s.step}")
+        if s.best_step == s.step and ckpt.restore_best(self.run):
+            self.bar.line(f"{ckpt.WEIGHTS}: restored the best weights of step {s.step}, which the last run "
+                          "stopped before writing")
+        _truncate_metrics(self.run, s.step)
+        self.write_summary(trainer)
 
 
 def training_summary(trainer: Trainer) -> dict:
@@ -243,7 +265,6 @@ def _plan_resume(req: TrainRequest, console: Console) -> _Plan:
         raise UsageError(f"{run} was trained on stdin: pipe the same text again with `gptcli train - --resume {run}`")
     tok = BPETokenizer.load(run / TOKENIZER_FILE)
     ckpt.check_tokenizer(tok, model_cfg, doc, run)
-    console.info(f"resuming {run} at step {previous.get('steps', 0)}")
     return _Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [],
                  previous.get("val_fraction") or req.val_fraction, previous, tok)
 
@@ -312,11 +333,7 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
             hooks = RunFolderHooks(run, model_cfg, tok, summary, console, bar)
             trainer = Trainer(model, train_cfg, train_split, val_split, byte_lengths, precision, hooks, rank, world)
             if req.resume is not None:
-                ckpt.clean_stale(run)
-                state = ckpt.load_resume(run, model, trainer.optimizer)
-                trainer.load_state_dict(state)
-                set_rng_state(state["rng"])
-                _truncate_metrics(run, trainer.state.step)
+                hooks.restore_from(trainer)
             else:
                 ckpt.write_tokenizer(run, tok)
                 ckpt.write_config(run, model_cfg, tok, summary)
