@@ -1,10 +1,19 @@
-"""Kill `gptcli train` with SIGKILL at random moments and check the run folder survives.
+"""Kill `gptcli train` with SIGKILL, at random moments and inside checkpoint writes, and
+check the run folder survives every kill.
 
-Each round starts (or resumes) a small training run that checkpoints every two steps,
-kills it after a random delay, then checks that the folder loads, that `gptcli
-generate` works from it, and the next round's `--resume` continues. A kill "during a
-write" is one that left a temp file or a staged resume folder behind. The test suite
-runs a short campaign; run a long one with
+Each round starts (or resumes) a small training run that checkpoints every two steps and
+kills it once it holds the run folder and a checkpoint exists. Rounds alternate between
+an aimed kill and one after a random delay. For an aimed kill a watch of the run folder
+every 0.5 ms times how long one checkpoint's staged `.resume.*` folder lives, sees a
+later checkpoint start, and kills the trainer at a random point of its writes (staging
+resume/, the swap, model.safetensors, config.json: ~15 ms here). After each kill
+`gptcli info` reads the folder, `gptcli generate` works from it, and the next round's
+`--resume` continues; the last resume runs to its end and must leave model.safetensors,
+resume/ and config.json naming one best step.
+
+A kill counts as "during a write" only by what it left behind, new since the round began:
+a temp file, a staged or old resume folder, a config.json older than resume/, or a cut
+metrics line. The test suite runs a short campaign; run a long one with
 
     python benchmarks/fault_injection.py --kills 30
 """
@@ -13,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -20,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,54 +38,144 @@ SAMPLE = REPO / "gptcli" / "assets" / "tinyshakespeare.txt"
 FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
          "--eval-iters", "2", "--eval-interval", "2", "--log-interval", "1", "--vocab-size", "300",
          "--max-steps", "100000"]
+POLL = 0.0005  # seconds between looks at the run folder while waiting for a checkpoint
+AIM_CHECKPOINTS = 3  # an aimed kill falls in the n-th checkpoint the trainer starts, n in 2..1+this
+WRITES_PER_STAGING = 1.3  # a checkpoint's writes last about this times its staging of resume/
+# (here ~10 ms staging, then ~5 ms for the swap, model.safetensors and config.json)
+RANDOM_DELAY = 2.5  # a random kill comes up to this many seconds after the trainer holds the folder
 
 
-def gptcli(*args: str, cwd: Path, env: dict, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gptcli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, **kw)
+def subprocess_gptcli(work: Path, env: dict):
+    """`gptcli ARGS` in a subprocess of its own, as a user runs it: (exit code, stdout, stderr)."""
+    def run(*args: str) -> tuple[int, str, str]:
+        done = subprocess.run([sys.executable, "-m", "gptcli", *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=300)
+        return done.returncode, done.stdout, done.stderr
+    return run
 
 
-def in_write(run: Path) -> bool:
-    return any(p.name.endswith(".tmp") or p.name.startswith(".resume.") for p in run.rglob(".*"))
+def _state(run: Path) -> dict:
+    folder = run / "resume" if (run / "resume" / "trainer_state.json").is_file() else run / "resume.old"
+    return json.loads((folder / "trainer_state.json").read_text())["trainer"]
 
 
-def campaign(work: Path, kills: int, seed: int = 0, log=print) -> dict:
+def _summary(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())["training"]
+
+
+def leftovers(run: Path) -> dict[tuple, str]:
+    """The evidence of writes a kill cut short, each keyed so that what an earlier kill
+    left (and no process has cleaned up yet) is not counted again."""
+    found = {}
+    for path in sorted(run.rglob(".*")):
+        if path.name.endswith(".tmp"):
+            found[("tmp", str(path))] = "temp file"
+        elif path.name.startswith(".resume."):
+            found[("staged", path.name)] = "staged resume/"
+    old = run / "resume.old"
+    if old.exists():
+        found[("old", old.stat().st_ino, old.stat().st_mtime_ns)] = "swapping resume/ in"
+    if (run / "resume").exists() and _state(run)["step"] != _summary(run).get("steps", 0):
+        found[("config", _state(run)["step"])] = "after resume/, before model.safetensors or config.json"
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file() and not metrics.read_bytes().endswith(b"\n"):
+        found[("metrics", metrics.stat().st_size)] = "metrics line"
+    return found
+
+
+def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until `proc` holds the run folder (a killed round's stale lock names another pid)
+    and the folder has a checkpoint to protect (a new run's first one takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ours = (run / ".lock").read_text().strip() == str(proc.pid)
+        except OSError:
+            ours = False
+        if ours and ((run / "resume").exists() or (run / "resume.old").exists()):
+            return
+        time.sleep(0.01)
+
+
+def _wait_for_staging(run: Path, proc: subprocess.Popen, n: int, timeout: float = 60) -> float:
+    """Until `proc` has started n more checkpoints (n staged `.resume.*` folders appeared);
+    returns how long the shortest-lived finished one lived (0 if none finished)."""
+    seen, born, lived = set(os.listdir(run)), {}, math.inf
+    deadline = time.monotonic() + timeout
+    while n > 0 and time.monotonic() < deadline and proc.poll() is None:
+        now, t = set(os.listdir(run)), time.monotonic()
+        for name in now - seen:
+            if name.startswith(".resume."):
+                n, born[name] = n - 1, t
+        for name in seen - now:
+            if name in born:
+                lived = min(lived, t - born.pop(name))
+        seen = now
+        time.sleep(POLL)
+    return lived if lived < math.inf else 0.0
+
+
+def _kill(run: Path, proc: subprocess.Popen, rng: random.Random, aimed: bool) -> None:
+    _wait_for_checkpoint(run, proc)
+    if aimed:  # time one checkpoint, then kill at a random point of a later one
+        staging = _wait_for_staging(run, proc, rng.randint(2, 1 + AIM_CHECKPOINTS))
+        time.sleep(rng.uniform(0.0, WRITES_PER_STAGING * staging))
+    else:
+        time.sleep(rng.uniform(0.0, RANDOM_DELAY))
+    if proc.poll() is not None:
+        raise AssertionError(f"training ended before the kill: {proc.stderr.read()[-500:]}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _check_loads(gptcli, i: int) -> None:
+    code, out, err = gptcli("info", "run", "--json")
+    assert code == 0, f"kill {i + 1}: gptcli info failed: {err[-500:]}"
+    assert json.loads(out)["resumable"], f"kill {i + 1}: the run folder cannot be resumed"
+    code, _, err = gptcli("generate", "-c", "run", "-p", "ROMEO:", "-n", "5", "--greedy")
+    assert code == 0, f"kill {i + 1}: generate failed: {err[-500:]}"
+
+
+def _check_agrees(run: Path) -> None:
+    """After a clean finish: config.json and resume/ name the same best, and when the last
+    step was the best, model.safetensors holds resume/'s weights."""
+    state, summary = _state(run), _summary(run)
+    assert (summary["best_step"], summary["best_val_loss"]) == (state["best_step"], state["best_val_loss"])
+    if state["best_step"] == state["step"]:
+        assert (run / "model.safetensors").read_bytes() == (run / "resume" / "model.safetensors").read_bytes()
+
+
+def campaign(work: Path, kills: int, seed: int = 0, log=print, gptcli=None) -> dict:
+    """Kill a training run in `work`/run `kills` times. `gptcli(*args)` runs the checks and
+    the last resume, by default each in a subprocess; the kills always hit a subprocess."""
     rng = random.Random(seed)
     env = {**os.environ, "GPTCLI_CACHE_DIR": str(work / "cache"), "NO_COLOR": "1"}
+    gptcli = gptcli or subprocess_gptcli(work, env)
     corpus = work / "corpus.txt"
     corpus.write_text(SAMPLE.read_text(encoding="utf-8")[:40000], encoding="utf-8")
     run = work / "run"
-    survived = during_write = 0
+    t0 = time.perf_counter()
+    survived, cuts = 0, Counter()
     for i in range(kills):
         args = ["train", "--resume", "run"] if (run / "resume").exists() or (run / "resume.old").exists() \
             else ["train", str(corpus), *FLAGS, "--out", "run", "--overwrite"]
+        before = leftovers(run) if run.exists() else {}
         proc = subprocess.Popen([sys.executable, "-m", "gptcli", *args], cwd=work, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while not (run / "resume").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)  # the first round: wait until there is a checkpoint to protect
-        time.sleep(rng.uniform(0.0, 1.5))
-        if proc.poll() is not None:
-            raise AssertionError(f"round {i}: training ended before the kill: {proc.stderr.read()[-500:]}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        write = in_write(run)
-        during_write += write
-        check = [sys.executable, "-c", "import sys; from gptcli.checkpoint import load_run, resume_dir; "
-                 "load_run(sys.argv[1]); resume_dir(__import__('pathlib').Path(sys.argv[1]))", str(run)]
-        loaded = subprocess.run(check, capture_output=True, text=True, env=env, cwd=work)
-        assert loaded.returncode == 0, f"round {i}: the run folder does not load: {loaded.stderr[-500:]}"
-        gen = gptcli("generate", "-c", "run", "-p", "ROMEO:", "-n", "5", "--greedy", cwd=work, env=env)
-        assert gen.returncode == 0, f"round {i}: generate failed: {gen.stderr[-500:]}"
+        aimed = i % 2 == 0
+        _kill(run, proc, rng, aimed)
+        cut = next((what for key, what in leftovers(run).items() if key not in before), None)
+        if cut:
+            cuts[cut] += 1
+        _check_loads(gptcli, i)
         survived += 1
-        log(f"kill {i + 1}: survived{' (during a write)' if write else ''}")
-    final = gptcli("train", "--resume", "run", "--max-steps", str(_steps(run) + 4), cwd=work, env=env)
-    assert final.returncode == 0, f"the last resume failed: {final.stderr[-500:]}"
-    return {"kills": kills, "survived": survived, "during_write": during_write, "final_steps": _steps(run)}
-
-
-def _steps(run: Path) -> int:
-    return json.loads((run / "config.json").read_text())["training"].get("steps", 0)
+        log(f"kill {i + 1} ({'aimed at a write' if aimed else 'random'}): survived"
+            + (f", during a write ({cut})" if cut else ""))
+    code, _, err = gptcli("train", "--resume", "run", "--max-steps", str(_state(run)["step"] + 4))
+    assert code == 0, f"the last resume failed: {err[-500:]}"
+    _check_agrees(run)
+    return {"kills": kills, "survived": survived, "during_write": sum(cuts.values()), "where": dict(cuts),
+            "final_steps": _summary(run)["steps"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> None:

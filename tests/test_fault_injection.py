@@ -17,9 +17,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from fault_injection import campaign  # noqa: E402
 
 
-def test_sigkill_at_random_moments_never_breaks_the_run_folder(tmp_path):
-    result = campaign(tmp_path, kills=5, seed=1, log=lambda _: None)
+def test_sigkill_at_random_moments_and_inside_writes_never_breaks_the_run_folder(isolated, monkeypatch, capsys):
+    """The kills hit `gptcli train` subprocesses; the checks after them (info, generate,
+    the last resume) run in-process, which saves a torch import each."""
+    from test_cli import cli
+
+    in_process = lambda *args: cli(monkeypatch, capsys, *args)  # noqa: E731
+    result = campaign(isolated, kills=5, seed=1, log=lambda _: None, gptcli=in_process)
     assert result["survived"] == 5
+    assert result["during_write"] >= 1  # kills 1, 3 and 5 are aimed at writes
     assert result["final_steps"] > 0
 
 
