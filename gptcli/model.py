@@ -30,6 +30,7 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))  # per-layer views, for `append`
         self.valid = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)  # (B, max_len)
         self.padded = False  # whether any stored position is padding
         self.pos = 0
@@ -48,6 +49,20 @@ class KVCache:
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`store` for one new position: k, v (B, n_head, head_dim). The decode step's path,
+        a copy and a narrow per tensor instead of Python slicing."""
+        if self.pos >= self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos + 1} were asked for")
+        keys, values = self._layers[layer]
+        keys.select(2, self.pos).copy_(k)
+        values.select(2, self.pos).copy_(v)
+        return keys.narrow(2, 0, self.pos + 1), values.narrow(2, 0, self.pos + 1)
+
+    def step_mask(self) -> torch.Tensor | None:
+        """The attention mask for one new query: (B, 1, 1, S) where padding was stored, else None."""
+        return self.valid[:, None, None, :self.pos + 1] if self.padded else None
+
     def advance(self, n: int) -> None:
         self.pos += n
 
@@ -55,6 +70,7 @@ class KVCache:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
         if rows.numel() != self.k.size(1):  # the batch changes size: new buffers
             self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+            self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
         else:  # move only the filled positions, not the whole preallocated buffer
             n = self.pos
             self.k[:, :, :, :n] = self.k[:, :, :, :n].index_select(1, rows)
@@ -129,6 +145,16 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None, layer: int, attn: tuple) -> torch.Tensor:
         x = x + self.attn.forward(_layer_norm(self.ln_1, x), kv_cache, layer, attn)
+        return x + self.mlp.forward(_layer_norm(self.ln_2, x))
+
+    def decode(self, x: torch.Tensor, cache: KVCache, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """forward() for one new token per row, x (B, n_embd): the same arithmetic in fewer
+        tensor operations (no transposes, no split, a single query per head)."""
+        attn, (B, C) = self.attn, x.shape
+        qkv = _linear(attn.c_attn, _layer_norm(self.ln_1, x)).view(B, 3, attn.n_head, C // attn.n_head)
+        keys, values = cache.append(layer, qkv[:, 1], qkv[:, 2])  # (B, nh, S, hd)
+        y = F.scaled_dot_product_attention(qkv[:, 0, :, None], keys, values, attn_mask=mask)  # (B, nh, 1, hd)
+        x = x + _linear(attn.c_proj, y.view(B, C))
         return x + self.mlp.forward(_layer_norm(self.ln_2, x))
 
 
@@ -214,3 +240,17 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))
         return logits, loss
+
+    def decode_step(self, idx: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """The hot loop of generation: one new token per row after a prefilled cache.
+        idx, positions (B,) -> logits (B, vocab); equal to forward() on the same input
+        (generation runs in eval mode, so there is no dropout here)."""
+        if kv_cache.pos >= self.config.block_size:
+            raise ValueError(f"sequence of {kv_cache.pos + 1} tokens exceeds block_size {self.config.block_size}")
+        pos_emb = F.embedding(positions, self.wpe.weight) if self.config.pos_encoding == "learned" else self.pos_table[positions]
+        x = F.embedding(idx, self.wte.weight) + pos_emb  # (B, n_embd)
+        mask = kv_cache.step_mask()
+        for layer, block in enumerate(self.h):
+            x = block.decode(x, kv_cache, layer, mask)
+        kv_cache.advance(1)
+        return F.linear(_layer_norm(self.ln_f, x), self.lm_head.weight)  # (B, vocab)

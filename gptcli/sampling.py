@@ -133,8 +133,7 @@ def decode_steps(model: GPT, prompts: list[list[int]], cfg: SampleConfig, eot_id
         if cache.pos >= model.config.block_size:  # window full: keep the recent part, rebuild
             cache, logits, next_pos = prefill(model, [r[-window_size(model):] for r in rows])
             continue
-        out, _ = model(nxt[:, None], kv_cache=cache, positions=next_pos[:, None])
-        logits = out[:, -1]
+        logits = model.decode_step(nxt, cache, next_pos)
         next_pos = next_pos + 1
 
 
@@ -155,75 +154,75 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
     finished set with score sum_logprobs / generated_len ** length_penalty; the best K
     unfinished continue. early_stopping=True stops once K hypotheses are finished;
     False stops when no running beam can beat the worst finished one at its current
-    length. Returns the best `num_return` hypotheses, best first."""
-    K, V, lp = cfg.num_beams, model.config.vocab_size, cfg.length_penalty
-    if cfg.max_new_tokens == 0:
+    length. Returns the best `num_return` hypotheses, best first.
+
+    The bookkeeping lives in tensors (token rows, scores, lengths), so a step costs a
+    handful of small operations and one host sync, whatever the number of beams."""
+    K, V, lp, n = cfg.num_beams, model.config.vocab_size, cfg.length_penalty, cfg.max_new_tokens
+    if n == 0:
         return [Hypothesis([], 0.0, 0.0)] * cfg.num_return
     cache, logits, _ = prefill(model, [prompt])
     device = logits.device
     cache.reorder(torch.zeros(K, dtype=torch.long, device=device))
     logits = logits.expand(K, V)
-    running = [[] for _ in range(K)]
+    running = torch.zeros(K, n, dtype=torch.long, device=device)  # generated tokens, row per beam
     running_scores = torch.full((K,), NEG, device=device)
     running_scores[0] = 0.0
+    # the finished set: K slots, NEG-scored while empty
     fin_scores = torch.full((K,), NEG, device=device)
-    fin_tokens: list[list[int]] = [[] for _ in range(K)]
-    fin_logprobs = [0.0] * K
+    fin_tokens = torch.zeros(K, n, dtype=torch.long, device=device)
+    fin_len = torch.zeros(K, dtype=torch.long, device=device)
+    fin_logprobs = torch.zeros(K, device=device)
     fin_done = torch.zeros(K, dtype=torch.bool, device=device)
-    improvable = True
     seen = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.zeros(K, V, dtype=torch.bool, device=device)
         seen[:, prompt] = True
-    top_k_mask = torch.arange(2 * K, device=device) < K
-    for step in range(cfg.max_new_tokens):
+    in_top_k = torch.arange(2 * K, device=device) < K
+    beam_rows = torch.arange(K, device=device)
+    for step in range(n):
         logp = logits.float().log_softmax(dim=-1)
         if seen is not None:  # HF applies its processors to the log-probabilities here
             logp = apply_repetition_penalty(logp, seen, cfg.repetition_penalty)
         top_scores, top_idx = (logp + running_scores[:, None]).view(-1).topk(2 * K)
         beam, tok = top_idx // V, top_idx % V
-        hits = (tok == eot_id) | (step == cfg.max_new_tokens - 1)
+        hits = (tok == eot_id) | (step == n - 1)
+        cand_tokens = running[beam]  # (2K, n)
+        cand_tokens[:, step] = tok
 
-        # candidates for the finished set
-        cand = top_scores / ((step + 1) ** lp)
-        if cfg.early_stopping and bool(fin_done.all()):
-            cand = cand + NEG
-        if not improvable:
-            cand = cand + NEG
-        just_finished = hits & top_k_mask
-        cand = cand + (~just_finished).float() * NEG
-        beam_list, tok_list, top_list = beam.tolist(), tok.tolist(), top_scores.tolist()
-        merged = torch.cat([fin_scores, cand]).topk(K).indices.tolist()
-        cand_tokens = [running[b] + [t] for b, t in zip(beam_list, tok_list)]
-        all_tokens, all_lp = fin_tokens + cand_tokens, fin_logprobs + top_list
-        all_done = torch.cat([fin_done, just_finished])
+        # candidates for the finished set: those that ended among the top K
+        just_finished = hits & in_top_k
+        cand = top_scores / ((step + 1) ** lp) + (~just_finished).float() * NEG
+        merged = torch.cat([fin_scores, cand]).topk(K).indices
         fin_scores = torch.cat([fin_scores, cand])[merged]
-        fin_tokens = [all_tokens[i] for i in merged]
-        fin_logprobs = [all_lp[i] for i in merged]
-        fin_done = all_done[merged]
+        fin_tokens = torch.cat([fin_tokens, cand_tokens])[merged]
+        fin_len = torch.cat([fin_len, torch.full((2 * K,), step + 1, device=device)])[merged]
+        fin_logprobs = torch.cat([fin_logprobs, top_scores])[merged]
+        fin_done = torch.cat([fin_done, just_finished])[merged]
 
         # the best K unfinished continue
         keep = (top_scores + hits.float() * NEG).topk(K)
-        running_scores = keep.values
-        sel = keep.indices.tolist()
-        running = [cand_tokens[j] for j in sel]
-        rows = beam[keep.indices]
-        nxt = tok[keep.indices]
-        cache.reorder(rows)
+        running_scores, running = keep.values, cand_tokens[keep.indices]
+        rows, nxt = beam[keep.indices], tok[keep.indices]
         if seen is not None:
             seen = seen[rows]
-            seen[torch.arange(K, device=device), nxt] = True
+            seen[beam_rows, nxt] = True
 
-        generated = step + 1
-        best_possible = running_scores[0] / (generated ** lp)
+        # stop when no running beam can beat the worst finished one, or (early_stopping) K are done
+        best_possible = running_scores[0] / ((step + 1) ** lp)
         worst_finished = torch.where(fin_done, fin_scores.min(), torch.tensor(NEG, device=device))
-        improvable = improvable and bool((best_possible > worst_finished).any())
-        if not improvable or (cfg.early_stopping and bool(fin_done.all())) or bool(hits.all()):
+        stop = ~(best_possible > worst_finished).any() | hits.all()
+        if cfg.early_stopping:
+            stop = stop | fin_done.all()
+        if bool(stop):  # the step's one host sync
             break
+        if not torch.equal(rows, beam_rows):  # every beam kept its own history: nothing to move
+            cache.reorder(rows)
         if cache.pos >= model.config.block_size:
-            cache, logits, _ = prefill(model, [(prompt + r)[-window_size(model):] for r in running])
+            history = running[:, :step + 1].tolist()
+            cache, logits, _ = prefill(model, [(prompt + r)[-window_size(model):] for r in history])
             continue
-        out, _ = model(nxt[:, None], kv_cache=cache)
-        logits = out[:, -1]
-    order = range(cfg.num_return)
-    return [Hypothesis(fin_tokens[i], float(fin_scores[i]), fin_logprobs[i]) for i in order]
+        logits = model.decode_step(nxt, cache, torch.full((K,), cache.pos, device=device))
+    lengths, tokens = fin_len.tolist(), fin_tokens.tolist()
+    return [Hypothesis(tokens[i][:lengths[i]], float(fin_scores[i]), float(fin_logprobs[i]))
+            for i in range(cfg.num_return)]
