@@ -42,6 +42,43 @@ def test_kv_cache_logits_equal_full_recompute(pos_encoding):
     assert cache.pos == 64
 
 
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_decode_step_equals_forward_and_full_recompute(pos_encoding):
+    """The generation fast path: bitwise the cached forward(), close to full recompute,
+    up to the last position of the context, and refused past it."""
+    model = tiny(pos_encoding=pos_encoding)
+    idx = torch.randint(0, 300, (3, 64))
+    fast, slow = KVCache(model.config, batch_size=3), KVCache(model.config, batch_size=3)
+    with torch.no_grad():
+        full, _ = model(idx)
+        model(idx[:, :10], kv_cache=fast), model(idx[:, :10], kv_cache=slow)
+        for t in range(10, 64):
+            got = model.decode_step(idx[:, t], fast, torch.full((3,), t))
+            want, _ = model(idx[:, t:t + 1], kv_cache=slow)
+            assert torch.equal(got, want[:, 0])
+            torch.testing.assert_close(got, full[:, t], rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="block_size"):
+            model.decode_step(idx[:, 0], fast, torch.full((3,), 64))
+
+
+def test_decode_step_masks_left_padding():
+    """A row left-padded in a batch decodes as it would alone."""
+    model = tiny()
+    short, long_ = torch.randint(0, 300, (1, 5)), torch.randint(0, 300, (1, 9))
+    batch = torch.cat([torch.zeros(1, 4, dtype=torch.long), short], dim=1)
+    valid = torch.tensor([[False] * 4 + [True] * 5, [True] * 9])
+    cache, alone = KVCache(model.config, batch_size=2), KVCache(model.config, batch_size=1)
+    nxt = torch.randint(0, 300, (2,))
+    with torch.no_grad():
+        cache.mark_padding(valid)
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        model(torch.cat([batch, long_]), kv_cache=cache, positions=positions)
+        got = model.decode_step(nxt, cache, torch.tensor([5, 9]))
+        model(short, kv_cache=alone)
+        want = model.decode_step(nxt[:1], alone, torch.tensor([5]))
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+
+
 def test_kv_cache_reorder_follows_rows():
     model = tiny()
     idx = torch.randint(0, 300, (3, 10))
