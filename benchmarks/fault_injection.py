@@ -3,7 +3,9 @@ check the run folder survives every kill.
 
 Each round starts (or resumes) a small training run that checkpoints every two steps and
 kills it once it holds the run folder and a checkpoint exists. Rounds alternate between
-an aimed kill and one after a random delay. For an aimed kill a watch of the run folder
+an aimed kill and a random one. A random kill falls up to a second after the trainer's
+first checkpoint starts, anywhere in its steps, evaluations and checkpoints (the seconds
+before go to importing torch and loading). For an aimed kill a watch of the run folder
 every 0.5 ms times how long one checkpoint's staged `.resume.*` folder lives, sees a
 later checkpoint start, and kills the trainer at a random point of its writes (staging
 resume/, the swap, model.safetensors, config.json: ~15 ms here). After each kill
@@ -42,7 +44,8 @@ POLL = 0.0005  # seconds between looks at the run folder while waiting for a che
 AIM_CHECKPOINTS = 3  # an aimed kill falls in the n-th checkpoint the trainer starts, n in 2..1+this
 WRITES_PER_STAGING = 1.3  # a checkpoint's writes last about this times its staging of resume/
 # (here ~10 ms staging, then ~5 ms for the swap, model.safetensors and config.json)
-RANDOM_DELAY = 2.5  # a random kill comes up to this many seconds after the trainer holds the folder
+RANDOM_DELAY = 1.0  # a random kill comes up to this many seconds after the first checkpoint starts
+RESTORED = "restored the best weights"  # what --resume says when a kill cut off a new best
 
 
 def subprocess_gptcli(work: Path, env: dict):
@@ -120,10 +123,11 @@ def _kill(run: Path, proc: subprocess.Popen, rng: random.Random, aimed: bool) ->
     if aimed:  # time one checkpoint, then kill at a random point of a later one
         staging = _wait_for_staging(run, proc, rng.randint(2, 1 + AIM_CHECKPOINTS))
         time.sleep(rng.uniform(0.0, WRITES_PER_STAGING * staging))
-    else:
+    else:  # any moment of training: a step, an evaluation, a checkpoint
+        _wait_for_staging(run, proc, 1)
         time.sleep(rng.uniform(0.0, RANDOM_DELAY))
     if proc.poll() is not None:
-        raise AssertionError(f"training ended before the kill: {proc.stderr.read()[-500:]}")
+        raise AssertionError("training ended before the kill")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -155,15 +159,21 @@ def campaign(work: Path, kills: int, seed: int = 0, log=print, gptcli=None) -> d
     corpus.write_text(SAMPLE.read_text(encoding="utf-8")[:40000], encoding="utf-8")
     run = work / "run"
     t0 = time.perf_counter()
-    survived, cuts = 0, Counter()
+    survived, restored, cuts = 0, 0, Counter()
+    log_file = work / "train.stderr"  # a file, not a pipe: nobody would read a pipe while training fills it
     for i in range(kills):
         args = ["train", "--resume", "run"] if (run / "resume").exists() or (run / "resume.old").exists() \
             else ["train", str(corpus), *FLAGS, "--out", "run", "--overwrite"]
         before = leftovers(run) if run.exists() else {}
-        proc = subprocess.Popen([sys.executable, "-m", "gptcli", *args], cwd=work, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with open(log_file, "w") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "gptcli", *args], cwd=work, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=f)
         aimed = i % 2 == 0
-        _kill(run, proc, rng, aimed)
+        try:
+            _kill(run, proc, rng, aimed)
+        except AssertionError as e:
+            raise AssertionError(f"kill {i + 1}: {e}: {log_file.read_text()[-500:]}") from None
+        restored += RESTORED in log_file.read_text()
         cut = next((what for key, what in leftovers(run).items() if key not in before), None)
         if cut:
             cuts[cut] += 1
@@ -173,9 +183,11 @@ def campaign(work: Path, kills: int, seed: int = 0, log=print, gptcli=None) -> d
             + (f", during a write ({cut})" if cut else ""))
     code, _, err = gptcli("train", "--resume", "run", "--max-steps", str(_state(run)["step"] + 4))
     assert code == 0, f"the last resume failed: {err[-500:]}"
+    restored += RESTORED in err
     _check_agrees(run)
     return {"kills": kills, "survived": survived, "during_write": sum(cuts.values()), "where": dict(cuts),
-            "final_steps": _summary(run)["steps"], "seconds": round(time.perf_counter() - t0, 1)}
+            "best_restored_on_resume": restored, "final_steps": _summary(run)["steps"],
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> None:
