@@ -8,7 +8,8 @@ first checkpoint starts, anywhere in its steps, evaluations and checkpoints (the
 before go to importing torch and loading). For an aimed kill a watch of the run folder
 every 0.5 ms times how long one checkpoint's staged `.resume.*` folder lives, sees a
 later checkpoint start, and kills the trainer at a random point of its writes (staging
-resume/, the swap, model.safetensors, config.json: ~15 ms here). After each kill
+resume/, the swap, model.safetensors, config.json: ~15 ms here); a point that falls
+after them, on a busy machine, moves to the next checkpoint. After each kill
 `gptcli info` reads the folder, `gptcli generate` works from it, and the next round's
 `--resume` continues; the last resume runs to its end and must leave model.safetensors,
 resume/ and config.json naming one best step.
@@ -44,6 +45,7 @@ POLL = 0.0005  # seconds between looks at the run folder while waiting for a che
 AIM_CHECKPOINTS = 3  # an aimed kill falls in the n-th checkpoint the trainer starts, n in 2..1+this
 WRITES_PER_STAGING = 1.3  # a checkpoint's writes last about this times its staging of resume/
 # (here ~10 ms staging, then ~5 ms for the swap, model.safetensors and config.json)
+AIM_TRIES = 10  # checkpoints an aimed kill may try before it settles for a miss
 RANDOM_DELAY = 1.0  # a random kill comes up to this many seconds after the first checkpoint starts
 RESTORED = "restored the best weights"  # what --resume says when a kill cut off a new best
 
@@ -118,11 +120,26 @@ def _wait_for_staging(run: Path, proc: subprocess.Popen, n: int, timeout: float 
     return lived if lived < math.inf else 0.0
 
 
+def _checkpointing(run: Path) -> bool:
+    """Whether a checkpoint's writes are under way (cheap enough to ask just before a kill)."""
+    try:
+        if any(name.endswith(".tmp") or name.startswith(".resume.") or name == "resume.old"
+               for name in os.listdir(run)):
+            return True
+        return (run / "resume" / "trainer_state.json").stat().st_mtime_ns > (run / "config.json").stat().st_mtime_ns
+    except FileNotFoundError:
+        return True  # between the renames of a swap
+
+
 def _kill(run: Path, proc: subprocess.Popen, rng: random.Random, aimed: bool) -> None:
     _wait_for_checkpoint(run, proc)
-    if aimed:  # time one checkpoint, then kill at a random point of a later one
-        staging = _wait_for_staging(run, proc, rng.randint(2, 1 + AIM_CHECKPOINTS))
-        time.sleep(rng.uniform(0.0, WRITES_PER_STAGING * staging))
+    if aimed:  # time one checkpoint, then kill at a random point of a later one's writes
+        lived = _wait_for_staging(run, proc, rng.randint(2, 1 + AIM_CHECKPOINTS))
+        for _ in range(AIM_TRIES):
+            time.sleep(rng.uniform(0.0, WRITES_PER_STAGING * lived))
+            if _checkpointing(run):
+                break
+            _wait_for_staging(run, proc, 1)  # the point fell after the writes: try the next checkpoint
     else:  # any moment of training: a step, an evaluation, a checkpoint
         _wait_for_staging(run, proc, 1)
         time.sleep(rng.uniform(0.0, RANDOM_DELAY))
