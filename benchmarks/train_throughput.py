@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptcli.config import ModelConfig
+from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data import BatchSampler, eval_windows
 from gptcli.device import pick_precision
 from gptcli.interop import to_hf_state_dict
 from gptcli.model import GPT
 from gptcli.tokenizer import BPETokenizer
-from gptcli.trainer import param_groups
+from gptcli.trainer import make_optimizer, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,8 @@ def build(cfg: ModelConfig, dtype: str):
                                     n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
                                     attn_pdrop=0.0, activation_function="gelu_new"))
     hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=False)
-    opt_ours = torch.optim.AdamW(param_groups(ours, 0.1), lr=1e-3, betas=(0.9, 0.95))
+    # gptcli's optimizer exactly as `gptcli train` builds it; HF's as a user of it would (torch's default form)
+    opt_ours = make_optimizer(ours, TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1), torch.device("cpu"))
     opt_hf = torch.optim.AdamW(param_groups(hf, 0.1), lr=1e-3, betas=(0.9, 0.95))
     precision = pick_precision(dtype, torch.device("cpu"))
 

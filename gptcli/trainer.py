@@ -60,6 +60,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as one fused kernel per step on CUDA and CPU (on the `tiny` shape on CPU, 5 ms a
+    step against 17 ms for the default multi-tensor form), the multi-tensor form elsewhere."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=True if device.type in ("cuda", "cpu") else None)
+
+
 def lr_at(step: int, cfg: TrainConfig, total_steps: int | None) -> float:
     """Linear warmup to cfg.lr, then cosine decay to the floor at total_steps. Warmup takes
     at most a tenth of a known schedule, so short runs still reach the peak rate."""
@@ -84,10 +91,7 @@ class Trainer:
         self.byte_lengths = torch.as_tensor(byte_lengths, device=self.device)
         self.state = TrainState()
         self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, rank)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-            fused=True if self.device.type == "cuda" else None,
-        )
+        self.optimizer = make_optimizer(model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_grad_scaler else None
         self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * world_size
         self._step_model = model  # replaced by the compiled model when --compile works
