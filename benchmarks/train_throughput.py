@@ -45,10 +45,10 @@ def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
     return 6 * n_params + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
-def build(cfg: ModelConfig, dtype: str):
+def build(cfg: ModelConfig, dtype: str, seed: int = 0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     ours = GPT(cfg)
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                                     n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--steps-per-burst", type=int, default=5)
     ap.add_argument("--quality-steps", type=int, default=200)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--seed", type=int, default=0, help="quality run: initial weights; batches use seed + 1")
     args = ap.parse_args()
     import transformers
 
@@ -120,8 +121,10 @@ def main() -> None:
     print(f"ratio gptcli / HF: {rates['gptcli'] / rates['HF']:.2f}x")
 
     # quality: same start, same batches, same number of tokens
-    ours, hf, step_ours, step_hf = build(cfg, args.dtype)
-    sampler = BatchSampler(ids[:split], cfg.block_size, 16, seed=1)
+    if args.quality_steps == 0:
+        return
+    ours, hf, step_ours, step_hf = build(cfg, args.dtype, args.seed)
+    sampler = BatchSampler(ids[:split], cfg.block_size, 16, seed=args.seed + 1)
     for _ in range(args.quality_steps):
         xy = torch.from_numpy(sampler.next())
         step_ours(xy[:, :-1], xy[:, 1:])
