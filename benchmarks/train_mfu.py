@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from gptcli.config import PRESETS, ModelConfig
+from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.device import pick_precision
 from gptcli.model import GPT
-from gptcli.trainer import param_groups
+from gptcli.trainer import make_optimizer
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     device = torch.device("cuda")
     cfg = ModelConfig(vocab_size=50304, **PRESETS["gpt2"]["model"])
     model = GPT(cfg).to(device)
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
+    opt = make_optimizer(model, TrainConfig(lr=6e-4), device)  # fused AdamW, as `gptcli train` builds it
     step_model = model if args.no_compile else torch.compile(model)
     precision = pick_precision("auto", device)
     B, T = args.batch_size, cfg.block_size
