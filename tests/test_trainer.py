@@ -60,6 +60,14 @@ def test_weight_decay_applies_to_matrices_only():
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
 
 
+def test_cpu_training_uses_fused_adamw_with_the_configured_hyperparameters():
+    trainer = _setup(Recorder(), lr=2e-3, beta1=0.8, beta2=0.9, weight_decay=0.05)
+    opt = trainer.optimizer
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    assert opt.defaults["betas"] == (0.8, 0.9)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
 def test_bits_per_byte_is_nats_over_ln2_over_bytes():
     trainer = _setup(Hooks())
     m = trainer.evaluate()
