@@ -18,13 +18,14 @@ import contextlib
 import filecmp
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gptcli import atomic
@@ -47,11 +48,24 @@ def weights_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED}
 
 
-def save_weights(path: Path, model: GPT) -> None:
-    with atomic.atomic_path(path) as tmp:
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, with its I/O failures (a full disk, a file-size limit) raised
+    as the OSError they are: the library reports them as SafetensorError("... (os error 28)"),
+    which the callers' one error path for failed writes would otherwise miss."""
+    try:
         # One metadata key only: safetensors writes the map in no fixed order, and the
         # same weights should give the same bytes.
-        save_file(weights_dict(model), str(tmp), metadata={"format": "pt"})
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+
+
+def save_weights(path: Path, model: GPT) -> None:
+    with atomic.atomic_path(path) as tmp:
+        save_tensors(weights_dict(model), tmp)
 
 
 def _sniff_pickle(path: Path) -> bool:
@@ -194,7 +208,7 @@ def save_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer, state: 
     try:
         save_weights(staging / WEIGHTS, model)
         with atomic.atomic_path(staging / OPTIMIZER) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+            save_tensors(tensors, tmp)
         atomic.write_text(staging / TRAINER_STATE, json.dumps(state))
         final, old = run / RESUME, run / (RESUME + ".old")
         shutil.rmtree(old, ignore_errors=True)

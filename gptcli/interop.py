@@ -15,11 +15,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
-from gptcli.errors import UsageError
+from gptcli.errors import RunError, UsageError
 from gptcli.model import GPT
 from gptcli.tokenizer import EOT, TOKENIZER_FILE, BPETokenizer
 
@@ -158,7 +157,7 @@ def export_hf(run: Path, out: Path, overwrite: bool = False) -> dict:
         for name, doc_ in (("config.json", hf_config), ("tokenizer_config.json", tokenizer_config),
                            ("generation_config.json", generation_config)):
             (stage / name).write_text(json.dumps(doc_, indent=2) + "\n", encoding="utf-8")
-        save_file(to_hf_state_dict(ckpt.weights_dict(model)), str(stage / "model.safetensors"), metadata={"format": "pt"})
+        ckpt.save_tensors(to_hf_state_dict(ckpt.weights_dict(model)), stage / "model.safetensors")
         tok.save(stage / TOKENIZER_FILE)
     return {"out": str(out), "params": model.num_params()}
 
@@ -192,6 +191,8 @@ class _staged:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
+            if issubclass(exc_type, OSError):  # a full disk while writing: say so, OUT is untouched
+                raise RunError(f"could not write {self.out}: {exc.strerror or exc}") from None
             return
         old = None
         if self.out.exists():

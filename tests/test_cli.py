@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 import sys
 import time
 
@@ -304,17 +305,45 @@ def test_a_full_disk_fails_cleanly_and_keeps_the_last_checkpoint(monkeypatch, ca
                "--eval-interval", "2", "--out", "run")[0] == 0
     before = (run / "resume" / "trainer_state.json").read_bytes()
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):  # what safetensors raises on a full disk (its own error, not OSError)
+        raise SafetensorError(f"Error while serializing: I/O error: No space left on device (os error {errno.ENOSPC})")
 
     monkeypatch.setattr(ckpt, "save_file", full)
     code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "8")
     assert_clean_error(code, out, err, expected_code=1, match="No space left on device")
+    assert "error: could not write" in err and "SafetensorError" not in err  # named as the write failure it is
     assert (run / "resume" / "trainer_state.json").read_bytes() == before  # the last good step is intact
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".resume.")]
     assert not (run / ".lock").exists()
     monkeypatch.undo()
     ckpt.load_run(run)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs a POSIX file-size limit")
+def test_a_real_write_failure_in_safetensors_is_a_clear_error(trained_run):
+    """No mock: the real library writing under a file-size limit smaller than the weights."""
+    import resource
+
+    before = (trained_run / "resume" / "trainer_state.json").read_bytes()
+    limit = (trained_run / "model.safetensors").stat().st_size // 2
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "gptcli", "train", "--resume", "run", "--max-steps", "24"],
+                          capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "SafetensorError" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not write run/") and last.endswith("model.safetensors: File too large"), last
+    assert (trained_run / "resume" / "trainer_state.json").read_bytes() == before
+    assert not [p for p in trained_run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".resume.")]
+    from gptcli import checkpoint as ckpt
+
+    ckpt.load_run(trained_run)
 
 
 def test_an_unwritable_out_folder_is_refused_before_any_work(monkeypatch, capsys, small_corpus):

@@ -149,6 +149,26 @@ def test_sinusoidal_and_biasless_runs_cannot_be_gpt2(isolated, small_corpus, mon
         assert not (isolated / ("exp-" + name)).exists()
 
 
+def test_export_onto_a_full_disk_is_a_clear_error_and_leaves_out_as_it_was(trained_run, monkeypatch, capsys):
+    import errno
+
+    from safetensors import SafetensorError
+
+    from gptcli import checkpoint as ckpt
+
+    (trained_run.parent / "exported").mkdir()
+    (trained_run.parent / "exported" / "keep.txt").write_text("mine")
+
+    def full(*args, **kwargs):  # what safetensors raises on a full disk
+        raise SafetensorError(f"Error while serializing: I/O error: No space left on device (os error {errno.ENOSPC})")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    code, out, err = cli(monkeypatch, capsys, "export-hf", str(trained_run), "exported", "--overwrite")
+    assert_clean_error(code, out, err, expected_code=1, match="could not write exported: No space left on device")
+    assert [p.name for p in (trained_run.parent / "exported").iterdir()] == ["keep.txt"]
+    assert [p.name for p in trained_run.parent.iterdir() if p.name.startswith(".exported")] == []
+
+
 def _edit_config(folder, **changes):
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update(changes)
