@@ -219,6 +219,8 @@ def save_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer, state: 
         shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         raise RunError(f"could not write the checkpoint in {run}: {e.strerror or e}") from None
+    except RunError as e:  # a failed write inside the staging folder: name the file users know
+        raise RunError(str(e).replace(str(staging), str(run / RESUME))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

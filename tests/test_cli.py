@@ -338,7 +338,7 @@ def test_a_real_write_failure_in_safetensors_is_a_clear_error(trained_run):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "SafetensorError" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: could not write run/") and last.endswith("model.safetensors: File too large"), last
+    assert last == "error: could not write run/resume/model.safetensors: File too large", last
     assert (trained_run / "resume" / "trainer_state.json").read_bytes() == before
     assert not [p for p in trained_run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".resume.")]
     from gptcli import checkpoint as ckpt
