@@ -213,6 +213,11 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 
+    def _embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings, for ids and positions of any matching shape."""
+        pos_emb = F.embedding(positions, self.wpe.weight) if self.config.pos_encoding == "learned" else self.pos_table[positions]
+        return F.embedding(idx, self.wte.weight) + pos_emb
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 positions: torch.Tensor | None = None, last_only: bool = False,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -226,8 +231,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)
-        pos_emb = F.embedding(positions, self.wpe.weight) if self.config.pos_encoding == "learned" else self.pos_table[positions]
-        x = _dropout(F.embedding(idx, self.wte.weight) + pos_emb, self.config.dropout, self.training)  # (B, T, n_embd)
+        x = _dropout(self._embed(idx, positions), self.config.dropout, self.training)  # (B, T, n_embd)
         attn = kv_cache.attention_mask(T) if kv_cache is not None else (None, True)
         for layer, block in enumerate(self.h):
             x = block.forward(x, kv_cache, layer, attn)
@@ -247,8 +251,7 @@ class GPT(nn.Module):
         (generation runs in eval mode, so there is no dropout here)."""
         if kv_cache.pos >= self.config.block_size:
             raise ValueError(f"sequence of {kv_cache.pos + 1} tokens exceeds block_size {self.config.block_size}")
-        pos_emb = F.embedding(positions, self.wpe.weight) if self.config.pos_encoding == "learned" else self.pos_table[positions]
-        x = F.embedding(idx, self.wte.weight) + pos_emb  # (B, n_embd)
+        x = self._embed(idx, positions)  # (B, n_embd)
         mask = kv_cache.step_mask()
         for layer, block in enumerate(self.h):
             x = block.decode(x, kv_cache, layer, mask)
