@@ -125,16 +125,21 @@ def write_config(run: Path, model_cfg: ModelConfig, tok: BPETokenizer, training:
     atomic.write_text(run / CONFIG, json.dumps(doc, indent=2) + "\n")
 
 
+def read_json(path: Path) -> object:
+    """A JSON file someone may have edited or cut short: a clear error, not a traceback."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not valid JSON ({e})") from None
+
+
 def read_config(run: Path) -> dict:
     path = run / CONFIG
     if not run.is_dir():
         raise UsageError(f"{run}: no such run folder" if not run.exists() else f"{run} is not a folder")
     if not path.is_file():
         raise UsageError(f"{run} is not a gptcli run folder (no {CONFIG})")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path} is not valid JSON ({e})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("model"), dict):
         raise UsageError(f"{path} is not a gptcli run config")
     if doc.get("format_version", 0) > FORMAT_VERSION:

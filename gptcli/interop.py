@@ -52,10 +52,7 @@ def _hf_model_config(src: Path) -> ModelConfig:
     path = src / "config.json"
     if not path.is_file():
         raise UsageError(f"{src} has no config.json: not a Hugging Face model folder")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path} is not valid JSON ({e})") from None
+    cfg = ckpt.read_json(path)
     if not isinstance(cfg, dict) or cfg.get("model_type") != "gpt2":
         raise UsageError(f"{path}: model_type is {cfg.get('model_type') if isinstance(cfg, dict) else None!r}, "
                          "only gpt2 is supported")
