@@ -172,6 +172,57 @@ def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return F.dropout(x, p, training) if training and p > 0 else x
 
 
+# -- the loss --------------------------------------------------------------------------
+LOSS_CHUNK_BYTES = 8 << 20  # logits per chunk of linear_cross_entropy: a few MB, so they stay in cache
+
+
+def _fuse_loss(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a training loss goes through linear_cross_entropy: on CPU in float32 with
+    gradients wanted. Elsewhere (CUDA, autocast, torch.compile) F.cross_entropy is used."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and x.dtype == weight.dtype == torch.float32)
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy(x @ weight.T, targets), the mean over rows, without the (N, vocab)
+    logits: x (N, C), weight (vocab, C), targets (N,)."""
+    return _LinearCrossEntropy.apply(x, weight, targets)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The lm_head and the loss in one pass over row chunks. Each chunk's gradient,
+    softmax minus one-hot, is computed in place of its log-probabilities and taken through
+    the two gradient products at once, so backward only scales the stored gradients.
+    On CPU this saves the allocation, zeroing and second pass over the full logits, log
+    probabilities and their gradients (four (N, vocab) buffers; 64 MB each at `tiny`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n = x.size(0)
+        rows = max(1, LOSS_CHUNK_BYTES // (4 * weight.size(0)))
+        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(weight)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for s in range(0, n, rows):
+            xs, ts = x[s:s + rows], targets[s:s + rows, None]
+            logp = torch.log_softmax(xs @ weight.t(), dim=-1)  # (rows, vocab)
+            picked = logp.gather(1, ts)
+            total -= picked.sum()
+            grad = logp.exp_().scatter_add_(1, ts, torch.full_like(picked, -1.0))  # softmax - one-hot
+            torch.mm(grad, weight, out=grad_x[s:s + rows])
+            grad_w.addmm_(grad.t(), xs)
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.n = n
+        return total / n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        scale = grad_out / ctx.n
+        return grad_x * scale, grad_w * scale, None
+
+
 def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
     """The fixed table of Vaswani et al.: sin on even channels, cos on odd ones."""
     pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
@@ -224,7 +275,8 @@ class GPT(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if
         targets (B, T) are given. With a cache, idx holds only the new tokens.
         positions (B, T) overrides 0, 1, 2, ... (left-padded rows start later);
-        last_only computes logits for the last position alone (generation)."""
+        last_only computes logits for the last position alone (generation).
+        Training on CPU returns no logits: the loss comes from linear_cross_entropy."""
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -239,7 +291,10 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         if last_only:
             x = x[:, -1:]  # (B, 1, n_embd)
-        logits = F.linear(_layer_norm(self.ln_f, x), self.lm_head.weight)  # (B, T, vocab)
+        x = _layer_norm(self.ln_f, x)
+        if targets is not None and _fuse_loss(x, self.lm_head.weight):
+            return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
+        logits = F.linear(x, self.lm_head.weight)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gptcli.config import ModelConfig
-from gptcli.model import GPT, KVCache, sinusoidal_table
+import gptcli.model
+from gptcli.model import GPT, KVCache, linear_cross_entropy, sinusoidal_table
 
 
 def tiny(**kw) -> GPT:
@@ -136,3 +137,38 @@ def test_tiny_model_overfits_a_short_text():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+def test_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(monkeypatch):
+    monkeypatch.setattr(gptcli.model, "LOSS_CHUNK_BYTES", 4 * 50 * 7)  # 7 rows a chunk: 45 rows end on a part chunk
+    torch.manual_seed(0)
+    x = torch.randn(45, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (45,))
+    (0.5 * torch.nn.functional.cross_entropy(x @ w.t(), t)).backward()  # a scaled loss, as grad_accum scales it
+    expected = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    loss = linear_cross_entropy(x, w, t)
+    (0.5 * loss).backward()
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(x @ w.t(), t), rtol=0, atol=1e-5)
+    torch.testing.assert_close(x.grad, expected[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad, expected[1], rtol=1e-4, atol=1e-6)
+
+
+def test_training_loss_and_every_gradient_equal_the_loss_from_full_logits():
+    model = tiny().train()
+    idx, targets = torch.randint(0, 300, (2, 3, 40)).unbind(0)
+    logits, loss = model(idx, targets)
+    assert logits is None  # the fused path: no (B, T, vocab) logits were made
+    loss.backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits, _ = model(idx)
+    reference = torch.nn.functional.cross_entropy(logits.view(-1, 300), targets.reshape(-1))
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=0, atol=1e-5)
+    for name, p in model.named_parameters():  # the tied wte/lm_head gradient included
+        torch.testing.assert_close(fused[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():  # evaluation still gets logits with its loss
+        logits, loss = model(idx, targets)
+    assert logits.shape == (3, 40, 300) and loss is not None
