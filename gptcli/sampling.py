@@ -216,8 +216,7 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
             stop = stop | fin_done.all()
         if bool(stop):  # the step's one host sync
             break
-        if not torch.equal(rows, beam_rows):  # every beam kept its own history: nothing to move
-            cache.reorder(rows)
+        cache.reorder(rows)
         if cache.pos >= model.config.block_size:
             history = running[:, :step + 1].tolist()
             cache, logits, _ = prefill(model, [(prompt + r)[-window_size(model):] for r in history])

@@ -84,13 +84,18 @@ def test_kv_cache_reorder_follows_rows():
     model = tiny()
     idx = torch.randint(0, 300, (3, 10))
     cache = KVCache(model.config, batch_size=3)
+    history = idx
     with torch.no_grad():
         model(idx, kv_cache=cache)
-        cache.reorder(torch.tensor([2, 2, 0]))
-        nxt = torch.randint(0, 300, (3, 1))
-        got, _ = model(nxt, kv_cache=cache)
-        want, _ = model(torch.cat([idx[[2, 2, 0]], nxt], dim=1))
-    torch.testing.assert_close(got[:, -1], want[:, -1], rtol=0, atol=1e-5)
+        # duplicates, a swap, the identity, then a cycle: each reorder after the first
+        # starts from the buffer the one before it swapped in
+        for rows in ([2, 2, 0], [1, 0, 2], [0, 1, 2], [1, 2, 0]):
+            cache.reorder(torch.tensor(rows))
+            nxt = torch.randint(0, 300, (3,))
+            history = torch.cat([history[rows], nxt[:, None]], dim=1)
+            got = model.decode_step(nxt, cache, torch.full((3,), history.size(1) - 1))
+            want, _ = model(history)
+            torch.testing.assert_close(got, want[:, -1], rtol=0, atol=1e-5)
 
 
 def test_cache_and_context_limits_are_enforced():
