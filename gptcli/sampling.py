@@ -36,8 +36,8 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep exactly the k largest logits per row (ties broken by index), -inf the rest."""
     if k >= logits.size(-1):
         return logits
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
-    return logits.masked_fill(~keep, float("-inf"))
+    top = logits.topk(k, dim=-1)
+    return torch.full_like(logits, float("-inf")).scatter_(-1, top.indices, top.values)
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -65,6 +65,19 @@ def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor |
         if cfg.top_p is not None:
             logits = top_p_filter(logits, cfg.top_p)
     return logits
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of probs (B, V), each row from its own generator, by inverting
+    the cumulative distribution with one uniform number. (torch.multinomial draws an
+    exponential per vocabulary entry: 130 us a row at 4096 entries on this CPU, more than
+    the rest of sampling.) A token of probability zero is never drawn."""
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])[:, None]
+    # u < 1, but u * total may round up to total: stay strictly below it
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True)[:, 0]  # the first token whose cdf passes x
 
 
 # -- prefill and the sliding window ----------------------------------------------------
@@ -118,8 +131,7 @@ def decode_steps(model: GPT, prompts: list[list[int]], cfg: SampleConfig, eot_id
         if cfg.strategy == "greedy":
             nxt = scores.argmax(dim=-1)
         else:
-            probs = scores.softmax(dim=-1)
-            nxt = torch.cat([torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(B)])
+            nxt = draw(scores.softmax(dim=-1), generators)
         logp = scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
         ids = nxt.tolist()
         yield ids, logp.tolist()

@@ -12,7 +12,7 @@ from gptcli import sampling
 from gptcli.config import ModelConfig, SampleConfig, sample_config_from_flags
 from gptcli.errors import UsageError
 from gptcli.model import GPT
-from gptcli.sampling import apply_repetition_penalty, beam_search, decode_steps, top_k_filter, top_p_filter
+from gptcli.sampling import apply_repetition_penalty, beam_search, decode_steps, draw, top_k_filter, top_p_filter
 
 
 def tiny(vocab=300, block=32, seed=0) -> GPT:
@@ -178,3 +178,21 @@ def test_beam_scores_follow_the_length_penalty():
             hyps = beam_search(model, [5, 6], cfg, -1)
         for h in hyps:
             assert h.score == pytest.approx(h.logprob / len(h.tokens) ** lp, rel=1e-5)
+
+
+def test_draw_follows_the_distribution_and_never_draws_a_zero():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    n = 4000
+    drawn = draw(probs.expand(n, 5), [torch.Generator().manual_seed(i) for i in range(n)])
+    freq = torch.bincount(drawn, minlength=5).float() / n
+    assert freq[1] == 0 and freq[4] == 0
+    torch.testing.assert_close(freq, probs, rtol=0, atol=0.03)  # about 4 standard errors
+    again = draw(probs.expand(n, 5), [torch.Generator().manual_seed(i) for i in range(n)])
+    assert torch.equal(drawn, again)
+
+
+@pytest.mark.parametrize("u, expected", [(0.0, 1), (1.0, 2)])  # 1.0: u * total rounded up to total
+def test_draw_at_the_ends_of_the_unit_interval_stays_on_possible_tokens(monkeypatch, u, expected):
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.full((1,), u))
+    probs = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
+    assert draw(probs, [torch.Generator()]).tolist() == [expected]
