@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from gptcli.config import SampleConfig
+from gptcli.errors import RunError
 from gptcli.model import GPT, KVCache
 
 WINDOW_KEEP = 0.75  # past block_size, keep this share of the context and rebuild the cache
@@ -58,8 +59,8 @@ def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor |
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-    if cfg.strategy == "sample":
-        logits = logits / cfg.temperature
+    if cfg.strategy == "sample":  # shifted first, so a tiny temperature cannot overflow to inf
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) / cfg.temperature
         if cfg.top_k is not None:
             logits = top_k_filter(logits, cfg.top_k)
         if cfg.top_p is not None:
@@ -72,8 +73,10 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor
     the cumulative distribution with one uniform number. (torch.multinomial draws an
     exponential per vocabulary entry: 130 us a row at 4096 entries on this CPU, more than
     the rest of sampling.) A token of probability zero is never drawn."""
-    cdf = probs.cumsum(dim=-1)
+    cdf = probs.double().cumsum(dim=-1)  # float64: even the least likely tokens keep their share
     total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all()):
+        raise RunError("the model gave non-finite probabilities: its weights hold NaN or inf")
     u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])[:, None]
     # u < 1, but u * total may round up to total: stay strictly below it
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -169,7 +172,8 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
     length. Returns the best `num_return` hypotheses, best first.
 
     The bookkeeping lives in tensors (token rows, scores, lengths), so a step costs a
-    handful of small operations and one host sync, whatever the number of beams."""
+    handful of small operations and two host syncs (the stop test, and which cache rows
+    move), whatever the number of beams."""
     K, V, lp, n = cfg.num_beams, model.config.vocab_size, cfg.length_penalty, cfg.max_new_tokens
     if n == 0:
         return [Hypothesis([], 0.0, 0.0)] * cfg.num_return
@@ -226,13 +230,13 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
         stop = ~(best_possible > worst_finished).any() | hits.all()
         if cfg.early_stopping:
             stop = stop | fin_done.all()
-        if bool(stop):  # the step's one host sync
+        if bool(stop):
             break
-        cache.reorder(rows)
-        if cache.pos >= model.config.block_size:
+        if cache.pos >= model.config.block_size:  # window full: rebuild from the kept beams' text
             history = running[:, :step + 1].tolist()
             cache, logits, _ = prefill(model, [(prompt + r)[-window_size(model):] for r in history])
             continue
+        cache.reorder(rows)
         logits = model.decode_step(nxt, cache, torch.full((K,), cache.pos, device=device))
     lengths, tokens = fin_len.tolist(), fin_tokens.tolist()
     return [Hypothesis(tokens[i][:lengths[i]], float(fin_scores[i]), float(fin_logprobs[i]))

@@ -10,7 +10,7 @@ import torch
 
 from gptcli import sampling
 from gptcli.config import ModelConfig, SampleConfig, sample_config_from_flags
-from gptcli.errors import UsageError
+from gptcli.errors import RunError, UsageError
 from gptcli.model import GPT
 from gptcli.sampling import apply_repetition_penalty, beam_search, decode_steps, draw, top_k_filter, top_p_filter
 
@@ -196,3 +196,14 @@ def test_draw_at_the_ends_of_the_unit_interval_stays_on_possible_tokens(monkeypa
     monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.full((1,), u))
     probs = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
     assert draw(probs, [torch.Generator()]).tolist() == [expected]
+
+
+def test_a_vanishing_temperature_samples_the_argmax_instead_of_overflowing():
+    model = tiny()
+    cfg = SampleConfig(strategy="sample", max_new_tokens=20, temperature=1e-40, top_p=None)
+    assert run(model, [[1, 2, 3]], cfg, gens=[torch.Generator().manual_seed(0)]) == run(model, [[1, 2, 3]], greedy(20))
+
+
+def test_draw_refuses_non_finite_probabilities():
+    with pytest.raises(RunError, match="non-finite"):
+        draw(torch.tensor([[0.5, float("nan"), 0.5]]), [torch.Generator()])
