@@ -78,8 +78,8 @@ class KVCache:
             if order == list(range(len(order))):  # every row kept its own history
                 return
             # Copy each kept row's filled positions into a spare buffer, then swap: one pass
-            # over the live part of the cache and no allocation (a gather and a copy back,
-            # in place, took three times as long at 4 beams).
+            # over the live part of the cache (a gather and a copy back, in place, took three
+            # times as long at 4 beams). The spare doubles the cache's memory while beams run.
             if self._spare is None:
                 self._spare = torch.empty_like(self.k), torch.empty_like(self.v)
             for old, new in zip((self.k, self.v), self._spare):
@@ -178,6 +178,7 @@ def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 # -- the loss --------------------------------------------------------------------------
 LOSS_CHUNK_BYTES = 8 << 20  # logits per chunk of linear_cross_entropy: a few MB, so they stay in cache
+LOSS_CHUNK_MIN_ROWS = 256  # but no fewer rows: at GPT-2's 50257 tokens, 41-row chunks took 1.6x as long
 
 
 def _fuse_loss(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -204,7 +205,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         n = x.size(0)
-        rows = max(1, LOSS_CHUNK_BYTES // (4 * weight.size(0)))
+        rows = max(LOSS_CHUNK_MIN_ROWS, LOSS_CHUNK_BYTES // (4 * weight.size(0)))
         grad_x, grad_w = torch.empty_like(x), torch.zeros_like(weight)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for s in range(0, n, rows):
@@ -275,12 +276,13 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 positions: torch.Tensor | None = None, last_only: bool = False,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if
         targets (B, T) are given. With a cache, idx holds only the new tokens.
         positions (B, T) overrides 0, 1, 2, ... (left-padded rows start later);
         last_only computes logits for the last position alone (generation).
-        Training on CPU returns no logits: the loss comes from linear_cross_entropy."""
+        With targets and gradients on a float32 CPU model, no logits are returned (None):
+        the loss comes from linear_cross_entropy."""
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -330,7 +332,8 @@ class GPT(nn.Module):
     @functools.cached_property
     def _decode_params(self) -> list[tuple]:
         """Each block's parameters in decode_step's order. These are the Parameter objects
-        themselves, so loading weights, moving devices and training all show through."""
+        themselves, so in-place changes show through: load_state_dict, .to(), training.
+        Replacing a Parameter object (load_state_dict(assign=True)) would not."""
         return [(b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight,
                  b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias,
                  b.mlp.c_proj.weight, b.mlp.c_proj.bias) for b in self.h]

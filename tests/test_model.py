@@ -146,6 +146,7 @@ def test_tiny_model_overfits_a_short_text():
 
 def test_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(monkeypatch):
     monkeypatch.setattr(gptcli.model, "LOSS_CHUNK_BYTES", 4 * 50 * 7)  # 7 rows a chunk: 45 rows end on a part chunk
+    monkeypatch.setattr(gptcli.model, "LOSS_CHUNK_MIN_ROWS", 1)
     torch.manual_seed(0)
     x = torch.randn(45, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)
@@ -177,3 +178,11 @@ def test_training_loss_and_every_gradient_equal_the_loss_from_full_logits():
     with torch.no_grad():  # evaluation still gets logits with its loss
         logits, loss = model(idx, targets)
     assert logits.shape == (3, 40, 300) and loss is not None
+
+
+def test_the_fused_loss_is_left_to_autocast_where_it_runs():
+    model = tiny().train()
+    idx, targets = torch.randint(0, 300, (2, 2, 16)).unbind(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, targets)
+    assert logits is not None and loss is not None
