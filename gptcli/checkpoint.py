@@ -93,7 +93,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: Path, against: str = CONFIG) -> None:
-    """Names, shapes and dtypes of `tensors` against the model its config describes."""
+    """Names, shapes and dtypes of `tensors` against the model its config describes, and
+    that every value is finite."""
     expected = {k: v for k, v in model.state_dict().items() if k != TIED}
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -106,6 +107,8 @@ def check_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: Path, agai
                              f"{against} implies {tuple(want.shape)}")
         if not got.is_floating_point():
             raise UsageError(f"{path}: {name} has dtype {got.dtype}, expected a float type")
+        if not bool(torch.isfinite(got).all()):  # a diverged or damaged model: generation would print garbage
+            raise UsageError(f"{path}: {name} holds NaN or infinite values")
 
 
 def load_weights(model: GPT, path: Path) -> None:

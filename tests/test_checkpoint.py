@@ -68,6 +68,15 @@ def test_config_disagreeing_with_weights_is_named(tmp_path, mixed_tokenizer):
         ckpt.load_run(run)
 
 
+def test_non_finite_weights_are_reported(tmp_path, mixed_tokenizer):
+    run, model = _run(tmp_path, mixed_tokenizer)
+    with torch.no_grad():
+        model.h[1].mlp.c_fc.weight[3, 5] = float("nan")
+    ckpt.save_weights(run / ckpt.WEIGHTS, model)
+    with pytest.raises(UsageError, match="h.1.mlp.c_fc.weight holds NaN"):
+        ckpt.load_run(run)
+
+
 def test_truncated_weights_are_reported(tmp_path, mixed_tokenizer):
     run, _ = _run(tmp_path, mixed_tokenizer)
     data = (run / ckpt.WEIGHTS).read_bytes()
