@@ -29,9 +29,7 @@ class KVCache:
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.max_len = max_len or cfg.block_size
         shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))  # per-layer views, for `append`
+        self._use(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's second buffer
         self.valid = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)  # (B, max_len)
         self.padded = False  # whether any stored position is padding
@@ -41,6 +39,11 @@ class KVCache:
         """valid (B, T): False where the next T positions are left padding."""
         self.valid[:, self.pos:self.pos + valid.size(1)] = valid
         self.padded = self.padded or not bool(valid.all())
+
+    def _use(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Make k, v the buffers, with their per-layer views for `append`."""
+        self.k, self.v = k, v
+        self._layers = list(zip(k.unbind(0), v.unbind(0)))
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's (B, n_head, T, head_dim) keys/values; return all so far."""
@@ -71,7 +74,7 @@ class KVCache:
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
         if rows.numel() != self.k.size(1):  # the batch changes size: new buffers
-            self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+            self._use(self.k.index_select(1, rows), self.v.index_select(1, rows))
             self._spare = None
         else:
             order = rows.tolist()
@@ -86,8 +89,9 @@ class KVCache:
                 src, dst = old.narrow(3, 0, self.pos), new.narrow(3, 0, self.pos)
                 for i, j in enumerate(order):
                     dst.select(1, i).copy_(src.select(1, j))
-            self._spare, (self.k, self.v) = (self.k, self.v), self._spare
-        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
+            spare = self._spare
+            self._spare = self.k, self.v
+            self._use(*spare)
         self.valid = self.valid.index_select(0, rows)
 
     def attention_mask(self, T: int) -> tuple[torch.Tensor | None, bool]:

@@ -226,7 +226,7 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
 
         # stop when no running beam can beat the worst finished one, or (early_stopping) K are done
         best_possible = running_scores[0] / ((step + 1) ** lp)
-        worst_finished = torch.where(fin_done, fin_scores.min(), torch.tensor(NEG, device=device))
+        worst_finished = torch.where(fin_done, fin_scores.min(), NEG)
         stop = ~(best_possible > worst_finished).any() | hits.all()
         if cfg.early_stopping:
             stop = stop | fin_done.all()
