@@ -20,9 +20,9 @@ import time
 import torch
 
 from gptcli.config import ModelConfig, SampleConfig
-from gptcli.interop import to_hf_state_dict
+from gptcli.decoding import beam_search, decode_steps
+from gptcli.hf_weights import to_hf_state_dict
 from gptcli.model import GPT
-from gptcli.sampling import beam_search, decode_steps
 
 
 def build(vocab: int, block: int):

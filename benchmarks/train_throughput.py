@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from gptcli.config import ModelConfig, TrainConfig
-from gptcli.data import BatchSampler, eval_windows
+from gptcli.data import BatchSampler, spread_windows
 from gptcli.device import pick_precision
-from gptcli.interop import to_hf_state_dict
+from gptcli.hf_weights import to_hf_state_dict
 from gptcli.model import GPT
 from gptcli.tokenizer import BPETokenizer
 from gptcli.trainer import make_optimizer, param_groups
@@ -129,7 +129,7 @@ def main() -> None:
         xy = torch.from_numpy(sampler.next())
         step_ours(xy[:, :-1], xy[:, 1:])
         step_hf(xy[:, :-1], xy[:, 1:])
-    val = torch.from_numpy(eval_windows(ids[split:], cfg.block_size, 64))
+    val = torch.from_numpy(spread_windows(ids[split:], cfg.block_size, 64))
     with torch.no_grad():
         ours.eval(), hf.eval()
         l_ours = float(ours(val[:, :-1], val[:, 1:])[1])

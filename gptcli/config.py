@@ -1,50 +1,146 @@
-"""Typed configuration: the model's shape, the training run, and the named presets.
+"""Typed settings: the model's shape, the training run, sampling, and the named presets.
 
-Owns validation of every number a user can type (so bad values fail before any work
-starts) and the JSON form stored in a run folder's config.json. Imports nothing heavy:
-the CLI builds these while `--help` stays fast.
+Each setting is defined once, in its dataclass field: type, default, help text and
+allowed range (`setting(...)`). The CLI's options and docs/cli.md are made from these
+definitions, and `check` validates an instance against them, whether its values came from
+flags or from a config.json. Messages name the setting (`n_embd`); whoever knows where a
+value came from names it as the user wrote it (see errors.SettingError). Imports nothing
+heavy: the CLI builds these while `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from gptcli.errors import UsageError
+from gptcli.errors import SettingError, UsageError
+from gptcli.workspace import DEFAULT_VOCAB
 
 MIN_VOCAB = 257  # 256 byte tokens plus <|endoftext|>
+MAX_SEED = 2**32 - 1  # what every RNG gptcli seeds accepts
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the CLI and the checks need to know about one setting."""
+
+    help: str
+    low: float | None = None  # smallest allowed value
+    high: float | None = None  # largest allowed value
+    open_low: bool = False  # `low` itself is not allowed
+    open_high: bool = False
+    choices: tuple[str, ...] = ()
+    flag: str | None = None  # the CLI option when it is not --field-name; "" for none
+    short: str | None = None  # a one-letter alias, e.g. -n
+    default_text: str | None = None  # what the default means, when its value does not say it
+    parse: Callable[[str], Any] | None = None  # for options given as text, e.g. durations
+    metavar: str | None = None
+
+
+def setting(default: Any, help: str, **spec: Any) -> Any:
+    return field(default=default, metadata={"spec": Spec(help, **spec)})
+
+
+def specs(cls: type) -> dict[str, tuple[Any, Spec]]:
+    """Each field's (type, Spec) of a settings dataclass, in field order."""
+    return _specs(cls)
+
+
+@functools.cache
+def _specs(cls: type) -> dict[str, tuple[Any, Spec]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.metadata["spec"]) for f in dataclasses.fields(cls) if "spec" in f.metadata}
+
+
+def _number(x: float) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def allowed(spec: Spec, is_int: bool) -> str:
+    """'positive', '0 or more', 'between 1 and 1,024', 'in [0, 1)': the range in words."""
+    lo, hi = spec.low, spec.high
+    if hi is None:
+        if lo == 0:
+            return "positive" if spec.open_low else "0 or more"
+        if is_int and lo == 1:
+            return "positive"
+        return f"greater than {_number(lo)}" if spec.open_low else f"at least {_number(lo)}"
+    if lo is None:
+        return f"at most {_number(hi)}"
+    if is_int:
+        return f"between {_number(lo)} and {_number(hi)}"
+    return f"in {'(' if spec.open_low else '['}{_number(lo)}, {_number(hi)}{')' if spec.open_high else ']'}"
+
+
+def check_value(name: str, value: Any, kind: Any, spec: Spec) -> None:
+    """One value against its type and range: exact types (2.0 is not an integer)."""
+    optional = type(None) in typing.get_args(kind)
+    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if optional else kind
+    if value is None:
+        if optional:
+            return
+        raise SettingError(f"{{}} must be set, got {value!r}", name)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise SettingError(f"{{}} must be true or false, got {value!r}", name)
+        return
+    if base is str:
+        if not isinstance(value, str):
+            raise SettingError(f"{{}} must be text, got {value!r}", name)
+        if spec.choices and value not in spec.choices:
+            raise SettingError(f"{{}} must be {_one_of(spec.choices)}, got {value!r}", name)
+        return
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+            raise SettingError(f"{{}} must be a list of strings, got {value!r}", name)
+        return
+    is_int = base is int
+    if isinstance(value, bool) or not isinstance(value, int if is_int else (int, float)):
+        raise SettingError(f"{{}} must be {'an integer' if is_int else 'a number'}, got {value!r}", name)
+    if not is_int and not math.isfinite(value):
+        raise SettingError(f"{{}} must be a finite number, got {value}", name)
+    too_low = spec.low is not None and (value <= spec.low if spec.open_low else value < spec.low)
+    too_high = spec.high is not None and (value >= spec.high if spec.open_high else value > spec.high)
+    if too_low or too_high:
+        raise SettingError(f"{{}} must be {allowed(spec, is_int)}, got {_number(value)}", name)
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+
+def check(cfg: Any) -> None:
+    """Every field of a settings dataclass against its definition."""
+    for name, (kind, spec) in specs(type(cfg)).items():
+        check_value(name, getattr(cfg, name), kind, spec)
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 4096  # rows of the token embedding; equals the tokenizer's vocabulary
-    block_size: int = 256  # longest context the model sees, in tokens
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads per block
-    n_embd: int = 256  # width of the residual stream
-    dropout: float = 0.0  # on attention weights and residual branches, training only
-    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
-    pos_encoding: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (fixed, not stored)
-    layer_norm_eps: float = 1e-5  # GPT-2's epsilon
+    vocab_size: int = setting(DEFAULT_VOCAB, "Vocabulary size of a newly trained tokenizer, the 256 bytes and "
+                              "<|endoftext|> included (the model's is its tokenizer's).", low=MIN_VOCAB)
+    block_size: int = setting(256, "Context length in tokens.", low=1, high=2**17)
+    n_layer: int = setting(4, "Transformer blocks.", low=1, high=1024)
+    n_head: int = setting(4, "Attention heads.", low=1, high=1024)
+    n_embd: int = setting(256, "Embedding width.", low=1, high=2**16)
+    dropout: float = setting(0.0, "Dropout probability, training only.", low=0.0, high=1.0, open_high=True)
+    bias: bool = setting(True, "Biases in Linear and LayerNorm layers, as GPT-2.", flag="--bias/--no-bias")
+    pos_encoding: str = setting("learned", "learned (GPT-2) or sinusoidal (fixed, not stored).",
+                                choices=("learned", "sinusoidal"))
+    layer_norm_eps: float = setting(1e-5, "LayerNorm epsilon (GPT-2's).", low=0.0, high=1.0, open_low=True, flag="")
 
-    def validate(self) -> "ModelConfig":
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.vocab_size < MIN_VOCAB:
-            raise UsageError(f"vocabulary size must be at least {MIN_VOCAB} (256 bytes + <|endoftext|>), got {self.vocab_size}")
+    def validate(self) -> ModelConfig:
+        check(self)
         if self.n_embd % self.n_head:
-            raise UsageError(f"--n-embd {self.n_embd} is not divisible by --n-head {self.n_head}")
+            raise SettingError(f"{{}} {self.n_embd} is not divisible by {{}} {self.n_head}", "n_embd", "n_head")
         if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise UsageError(f"--pos-encoding sinusoidal needs an even --n-embd, got {self.n_embd}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.pos_encoding not in ("learned", "sinusoidal"):
-            raise UsageError(f"--pos-encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}")
-        if not (self.layer_norm_eps > 0 and math.isfinite(self.layer_norm_eps)):
-            raise UsageError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+            raise SettingError(f"{{}} sinusoidal needs an even {{}}, got {self.n_embd}", "pos_encoding", "n_embd")
         return self
 
     @property
@@ -52,58 +148,63 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
+
+
+def parse_duration(text: str) -> float:
+    """'90' or '90s' -> 90.0, '10m' -> 600.0, '1h30m' -> 5400.0 (seconds)."""
+    s = text.strip().lower()
+    pos, total = 0, 0.0
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+    while pos < len(s):
+        m = _DURATION.match(s, pos)
+        if not m or (m.group(2) == "" and m.end() != len(s)):
+            raise UsageError(f"cannot read duration {text!r}: use e.g. 90s, 10m, 1h or 1h30m")
+        total += float(m.group(1)) * scale[m.group(2)]
+        pos = m.end()
+    if not s or not (total > 0 and math.isfinite(total)):
+        raise UsageError(f"duration must be positive, got {text!r}")
+    return total
+
+
+DEFAULT_MAX_STEPS = 2000  # when no --max-steps, --max-time or --epochs is given
+
+
 @dataclass
 class TrainConfig:
-    batch_size: int = 16  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3  # peak learning rate, reached after warmup
-    min_lr: float | None = None  # floor of the cosine decay; None means lr / 10
-    warmup_steps: int = 100  # linear warmup from 0 to lr
-    weight_decay: float = 0.1  # AdamW decay, applied to matrices only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    max_steps: int | None = None  # stop after this many optimizer steps
-    max_time: float | None = None  # stop after this many seconds of training
-    epochs: float | None = None  # stop after this many passes over the training tokens
-    eval_interval: int = 200  # optimizer steps between evaluations and checkpoints
-    eval_iters: int = 20  # batches per evaluation
-    patience: int | None = None  # stop after this many evaluations without improvement
-    log_interval: int = 50  # steps between progress lines / metrics records
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False  # torch.compile the model
+    batch_size: int = setting(16, "Sequences per micro-batch.", low=1, high=2**16)
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.", low=1, high=2**16)
+    lr: float = setting(1e-3, "Peak learning rate, reached after warmup.", low=0.0, high=10.0, open_low=True)
+    min_lr: float | None = setting(None, "Final learning rate of the cosine decay.", low=0.0, high=10.0,
+                                   default_text="lr/10")
+    warmup_steps: int = setting(100, "Linear warmup steps (at most a tenth of the schedule).", low=0, high=10**9)
+    weight_decay: float = setting(0.1, "AdamW weight decay, on matrices only.", low=0.0, high=100.0)
+    beta1: float = setting(0.9, "AdamW beta1.", low=0.0, high=1.0, open_high=True, flag="")
+    beta2: float = setting(0.95, "AdamW beta2.", low=0.0, high=1.0, open_high=True, flag="")
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 disables.", low=0.0, high=1e6)
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps.", low=1, high=10**9,
+                                    default_text=f"{DEFAULT_MAX_STEPS:,} if no other limit")
+    max_time: float | None = setting(None, "Stop after this much training time, e.g. 90s, 10m, 1h.", low=0.0,
+                                     high=10**7, open_low=True, parse=parse_duration, metavar="DURATION")
+    epochs: float | None = setting(None, "Stop after this many passes over the training tokens.", low=0.0,
+                                   high=10**6, open_low=True)
+    eval_interval: int = setting(200, "Steps between evaluations and checkpoints.", low=1, high=10**9)
+    eval_iters: int = setting(20, "Batches per evaluation.", low=1, high=10**6)
+    patience: int | None = setting(None, "Stop after this many evaluations without a better validation loss.",
+                                   low=1, high=10**6)
+    log_interval: int = setting(50, "Steps between progress updates and metrics lines.", low=1, high=10**9)
+    seed: int = setting(1337, "Random seed: same seed, data and machine, same losses.", low=0, high=MAX_SEED)
+    device: str = setting("auto", "Where to train: auto picks cuda, then mps, then cpu.",
+                          choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = setting("auto", "Precision: auto picks bf16 where the hardware runs it fast.",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool = setting(False, "torch.compile the model (falls back to eager if it fails).",
+                            flag="--compile/--no-compile")
 
-    def validate(self) -> "TrainConfig":
-        for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if self.min_lr is not None and not (0 <= self.min_lr <= self.lr):
-            raise UsageError(f"--min-lr must be between 0 and --lr ({self.lr}), got {self.min_lr}")
-        if self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise UsageError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
-        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
-            raise UsageError(f"--grad-clip must be 0 or more, got {self.grad_clip}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UsageError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise UsageError(f"--max-steps must be positive, got {self.max_steps}")
-        if self.max_time is not None and not (self.max_time > 0 and math.isfinite(self.max_time)):
-            raise UsageError(f"--max-time must be positive, got {self.max_time}")
-        if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise UsageError(f"--epochs must be positive, got {self.epochs}")
-        if self.patience is not None and self.patience <= 0:
-            raise UsageError(f"--patience must be positive, got {self.patience}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise UsageError(f"--device must be auto, cpu, cuda or mps, got {self.device!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise UsageError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+    def validate(self) -> TrainConfig:
+        check(self)
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise SettingError(f"{{}} must be between 0 and {{}} ({self.lr}), got {self.min_lr}", "min_lr", "lr")
         return self
 
     @property
@@ -132,7 +233,6 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
 }
 DEFAULT_PRESET = "tiny"
-DEFAULT_MAX_STEPS = 2000  # when no --max-steps, --max-time or --epochs is given
 
 
 def preset(name: str) -> dict[str, dict]:
@@ -141,116 +241,54 @@ def preset(name: str) -> dict[str, dict]:
     return PRESETS[name]
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
-
-
-def parse_duration(text: str) -> float:
-    """'90' or '90s' -> 90.0, '10m' -> 600.0, '1h30m' -> 5400.0 (seconds)."""
-    s = text.strip().lower()
-    pos, total = 0, 0.0
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
-    while pos < len(s):
-        m = _DURATION.match(s, pos)
-        if not m or (m.group(2) == "" and m.end() != len(s)):
-            raise UsageError(f"cannot read duration {text!r}: use e.g. 90s, 10m, 1h or 1h30m")
-        total += float(m.group(1)) * scale[m.group(2)]
-        pos = m.end()
-    if not s or not (total > 0 and math.isfinite(total)):
-        raise UsageError(f"duration must be positive, got {text!r}")
-    return total
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def model_config_from_dict(d: dict) -> ModelConfig:
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(d) - known
-    if unknown:
-        raise UsageError(f"config.json has unknown model fields: {', '.join(sorted(unknown))}")
-    try:
-        return ModelConfig(**d).validate()
-    except TypeError as e:
-        raise UsageError(f"config.json model section is malformed: {e}") from None
-
-
-def train_config_from_dict(d: dict) -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in known})
-
-
-
 @dataclass
 class SampleConfig:
-    strategy: str = "sample"  # greedy | sample | beam
-    max_new_tokens: int = 256  # tokens to generate per output (end-of-text may stop it sooner)
-    temperature: float = 0.8  # sampling: divide logits by this
-    top_k: int | None = None  # sampling: keep the k most likely tokens
-    top_p: float | None = 0.95  # sampling: keep the smallest set whose probability reaches p
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (CTRL/HF rule)
-    num_samples: int = 1  # sampling: outputs per prompt
-    num_beams: int = 1  # beam search width
-    length_penalty: float = 1.0  # beam score = sum of log-probs / generated_length ** length_penalty
-    early_stopping: bool = False  # beam: stop once num_beams hypotheses are finished (HF semantics)
-    num_return: int = 1  # beam: best hypotheses returned per prompt
-    stop: tuple[str, ...] = ()  # output is cut before the first of these strings
-    seed: int = 0  # one generator per output, seeded from (seed, prompt's sample index)
+    strategy: str = setting("sample", "greedy, sample or beam.", choices=("greedy", "sample", "beam"), flag="")
+    max_new_tokens: int = setting(256, "Tokens to generate per output.", low=0, high=10**7, short="-n")
+    temperature: float = setting(0.8, "Sampling temperature; 0 means greedy.", low=0.0, high=1e4)
+    top_k: int | None = setting(None, "Sample from the k most likely tokens.", low=1, high=2**22)
+    top_p: float | None = setting(0.95, "Sample from the smallest set reaching probability p.", low=0.0, high=1.0,
+                                  open_low=True, default_text="0.95 unless --top-k")
+    repetition_penalty: float = setting(1.0, "Above 1 discourages tokens already in the context.", low=0.01,
+                                        high=100.0)
+    num_samples: int = setting(1, "Sampled outputs per prompt.", low=1, high=10**6)
+    num_beams: int = setting(1, "Beam search with this many beams.", low=1, high=1024, flag="--beams",
+                             default_text="no beam search")
+    length_penalty: float = setting(1.0, "Beam score = log-prob sum / length**this.", low=-100.0, high=100.0)
+    early_stopping: bool = setting(False, "Beam: stop once --beams hypotheses are finished (HF semantics).",
+                                   flag="--early-stopping")
+    num_return: int = setting(1, "Beam: best hypotheses to return per prompt.", low=1, high=1024)
+    stop: tuple[str, ...] = setting((), "Cut the output before this string; repeatable.")
+    seed: int = setting(0, "Seed for sampling.", low=0, high=MAX_SEED, default_text="random, reported by --json")
 
-    def validate(self) -> "SampleConfig":
-        if self.strategy not in ("greedy", "sample", "beam"):
-            raise UsageError(f"unknown strategy {self.strategy!r}")
-        if self.max_new_tokens < 0:
-            raise UsageError(f"--max-new-tokens must be 0 or more, got {self.max_new_tokens}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise UsageError(f"--temperature must be 0 or more, got {self.temperature}")
-        if self.top_k is not None and self.top_k <= 0:
-            raise UsageError(f"--top-k must be positive, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise UsageError(f"--repetition-penalty must be positive, got {self.repetition_penalty}")
-        if self.num_samples < 1:
-            raise UsageError(f"--num-samples must be at least 1, got {self.num_samples}")
-        if self.num_beams < 1:
-            raise UsageError(f"--beams must be at least 1, got {self.num_beams}")
-        if not 1 <= self.num_return <= self.num_beams:
-            raise UsageError(f"--num-return must be between 1 and --beams ({self.num_beams}), got {self.num_return}")
-        if not math.isfinite(self.length_penalty):
-            raise UsageError(f"--length-penalty must be a number, got {self.length_penalty}")
+    def validate(self) -> SampleConfig:
+        check(self)
+        if self.num_return > self.num_beams:
+            raise SettingError(f"{{}} must be between 1 and {{}} ({self.num_beams}), got {self.num_return}",
+                               "num_return", "num_beams")
         if any(s == "" for s in self.stop):
-            raise UsageError("--stop strings must not be empty")
+            raise SettingError("{} strings must not be empty", "stop")
         return self
 
 
-def sample_config_from_flags(given: dict) -> SampleConfig:
-    """Build the strategy from the flags the user actually gave, refusing contradictions
-    instead of silently ignoring a flag. `given` holds only flags that were set."""
-    beams = given.get("num_beams", 1)
-    greedy = given.pop("greedy", False) or given.get("temperature") == 0
-    sampling_flags = [f for f in ("temperature", "top_k", "top_p", "num_samples") if f in given]
-    beam_flags = [f for f in ("length_penalty", "early_stopping", "num_return") if f in given]
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
 
-    def flag(name: str) -> str:
-        return "--" + {"num_beams": "beams"}.get(name, name).replace("_", "-")
 
-    if beams > 1:
-        if greedy or sampling_flags:
-            what = "--greedy" if greedy and "temperature" not in given else flag(sampling_flags[0])
-            raise UsageError(f"--beams {beams} searches, it does not sample: drop {what}")
-        strategy = "beam"
-    else:
-        if beam_flags:
-            raise UsageError(f"{flag(beam_flags[0])} only applies to beam search: add --beams N (N > 1)")
-        if greedy:
-            extra = [f for f in sampling_flags if f != "temperature" and not (f == "num_samples" and given[f] == 1)]
-            if extra or ("temperature" in given and given["temperature"] != 0):
-                culprit = flag(extra[0]) if extra else "--temperature"
-                raise UsageError(f"greedy decoding takes the most likely token: {culprit} does not apply")
-            given.pop("temperature", None)
-            strategy = "greedy"
-        else:
-            strategy = "sample"
-            if "top_k" in given and "top_p" not in given:
-                given["top_p"] = None  # an explicit --top-k replaces the default nucleus
-    return SampleConfig(strategy=strategy, **given).validate()
+def from_dict(cls: type, d: object, where: str) -> Any:
+    """A settings dataclass from a JSON object someone may have edited: unknown keys and
+    wrong types are errors naming `where` and the key; missing keys take their defaults."""
+    if not isinstance(d, dict):
+        raise UsageError(f"{where} must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise UsageError(f"{where} has unknown fields: {', '.join(unknown)}")
+    kinds = specs(cls)
+    values = {k: tuple(v) if isinstance(v, list) and typing.get_origin(kinds[k][0]) is tuple else v
+              for k, v in d.items()}
+    try:
+        cfg = cls(**values)
+        cfg.validate()
+    except SettingError as e:
+        raise UsageError(f"{where}: {e.render()}") from None
+    return cfg

@@ -54,8 +54,15 @@ class Progress:
         self._task = None
         self._t0 = time.monotonic()
         if rich_console is not None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-            from rich.progress import TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
 
             count = MofNCompleteColumn() if unit == "steps" else TaskProgressColumn()
             self._bar = RichProgress(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptcli import atomic
+from gptcli import atomic, workspace
 from gptcli.errors import RunError, UsageError
 from gptcli.tokenizer import BPETokenizer
 
@@ -32,13 +32,6 @@ CHUNK_CHARS = 64 << 10  # target size of one chunk of text given to the encoder
 SNIFF_BYTES = 8192
 
 Warn = Callable[[str], None]
-
-
-def cache_root() -> Path:
-    if os.environ.get("GPTCLI_CACHE_DIR"):
-        return Path(os.environ["GPTCLI_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gptcli"
 
 
 # -- corpus ------------------------------------------------------------------------
@@ -85,7 +78,7 @@ def _spool_stdin() -> Path:
         raise UsageError("'-' means read the corpus from stdin, but stdin is closed")
     if sys.stdin.isatty():
         raise UsageError("'-' means read the corpus from stdin, but stdin is a terminal: pipe text in")
-    spool_dir = cache_root() / "stdin"
+    spool_dir = workspace.stdin_spool()
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".txt", dir=spool_dir)
     with os.fdopen(fd, "wb") as out:
@@ -210,7 +203,7 @@ def cache_key(docs: list[Document], tok: BPETokenizer) -> str:
 
 
 def _cache_paths(docs: list[Document], tok: BPETokenizer, cache_dir: Path | None) -> tuple[str, Path, Path]:
-    folder = (cache_dir or cache_root()) / "tokens"
+    folder = cache_dir / "tokens" if cache_dir else workspace.token_cache()
     key = cache_key(docs, tok)
     return key, folder / f"{key}.json", folder / f"{key}.bin"
 
@@ -339,7 +332,7 @@ class BatchSampler:
             raise RunError(f"saved sampler state is unreadable: {e}") from None
 
 
-def eval_windows(tokens: np.ndarray, block_size: int, count: int) -> np.ndarray:
+def spread_windows(tokens: np.ndarray, block_size: int, count: int) -> np.ndarray:
     """`count` windows spread evenly over the split, the same at every evaluation, and
     drawn without touching any RNG (so evaluating never changes what training sees)."""
     last = len(tokens) - block_size - 1

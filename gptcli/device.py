@@ -37,8 +37,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """bf16 matmuls beat fp32 only on CPUs with native bf16 instructions (AVX512-BF16 or
-    AMX). Without them oneDNN emulates bf16: on this project's 2-core AVX-512 machines that
-    ran the tiny preset's training step 2.5x slower than fp32 (README, "Precision")."""
+    AMX). Without them oneDNN emulates bf16, slower than fp32 (docs/benchmarks.md,
+    "Precision")."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:

@@ -1,9 +1,15 @@
 """Errors that reach the user as one line on stderr.
 
 Every layer raises `UsageError` (bad input: exit 2) or `RunError` (the input was fine but
-the work failed: exit 1). Only the CLI turns them into messages and exit codes; nothing
-here imports torch.
+the work failed: exit 1). `SettingError` is a usage error about named settings: the
+stages name the setting (`n_embd`), and the layer that knows where the value came from
+names it as the user wrote it (`--n-embd`, or a key of a config.json). Only the CLI turns
+errors into messages and exit codes; nothing here imports torch.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
 
 
 class GptcliError(Exception):
@@ -22,3 +28,22 @@ class RunError(GptcliError):
     """A runtime failure: a write that failed, a loss that went NaN."""
 
     exit_code = 1
+
+
+class SettingError(UsageError):
+    """A bad value for one or more settings. `template` holds a `{}` where each setting's
+    name goes, so one message serves the flag (`--n-embd 30 is not divisible by --n-head 4`)
+    and the file (`config.json: n_embd 30 is not divisible by n_head 4`)."""
+
+    def __init__(self, template: str, *settings: str):
+        self.template, self.settings = template, settings
+        super().__init__(self.render())
+
+    def render(self, name: Callable[[str], str] = str) -> str:
+        return self.template.format(*(name(s) for s in self.settings))
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -20,10 +20,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gptcli import atomic
 from gptcli.config import MIN_VOCAB
-from gptcli.errors import UsageError
+from gptcli.errors import UsageError, first_line
+from gptcli.workspace import TOKENIZER_FILE
 
 EOT = "<|endoftext|>"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 class BPETokenizer:
@@ -67,7 +67,7 @@ class BPETokenizer:
             spec = json.loads(text)
             tok = Tokenizer.from_str(text)
         except Exception as e:  # OSError, bad UTF-8, bad JSON, or tokenizers' own errors
-            raise UsageError(f"{path} is not a valid tokenizer.json ({_first_line(e)})") from None
+            raise UsageError(f"{path} is not a valid tokenizer.json ({first_line(e)})") from None
         model_type = (spec.get("model") or {}).get("type") if isinstance(spec, dict) else None
         decoder = json.dumps(spec.get("decoder")) if isinstance(spec, dict) else ""
         if model_type != "BPE" or "ByteLevel" not in decoder:
@@ -80,7 +80,7 @@ class BPETokenizer:
         try:
             tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
         except Exception as e:  # tokenizers raises plain Exception on bad files
-            raise UsageError(f"cannot read {vocab.name} + {merges.name} in {vocab.parent} ({_first_line(e)})") from None
+            raise UsageError(f"cannot read {vocab.name} + {merges.name} in {vocab.parent} ({first_line(e)})") from None
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([EOT])  # keeps its id in vocab.json; marks it special
@@ -104,7 +104,7 @@ class BPETokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encodes in parallel across cores. `encode_batch_fast` (tokenizers >= 0.21)
-        skips character offsets, which nothing here uses: about 12% faster."""
+        skips character offsets, which nothing here uses, and is faster (docs/benchmarks.md)."""
         encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
@@ -167,7 +167,3 @@ class StreamDecoder:
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

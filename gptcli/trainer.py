@@ -3,8 +3,7 @@ gradient clipping and accumulation, periodic evaluation with bits per byte, best
 tracking, early stopping, and a clean stop on request.
 
 Knows nothing of files or terminals: it reports through hooks (on_step, on_log,
-on_eval, on_checkpoint) and leaves saving and printing to the caller. Only rank 0 calls hooks, so
-the loop is ready for data-parallel runs under torchrun.
+on_eval, on_checkpoint) and leaves saving and printing to the caller.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ import numpy as np
 import torch
 
 from gptcli.config import TrainConfig
-from gptcli.data import BatchSampler, Split, eval_windows
+from gptcli.data import BatchSampler, Split, spread_windows
 from gptcli.device import Precision
-from gptcli.evaluate import score_tokens
 from gptcli.errors import RunError
 from gptcli.model import GPT
+from gptcli.scoring import score_tokens, score_windows
 
 TIME_PROBE_STEPS = 10  # steps timed to turn --max-time into a schedule length
 
@@ -41,7 +40,7 @@ class TrainState:
 
 
 class Hooks:
-    """Override what you need; the trainer calls these on rank 0 only."""
+    """Override what you need."""
 
     def on_step(self, trainer: "Trainer") -> None:
         """After every optimizer step; must stay cheap (no host sync)."""
@@ -61,8 +60,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW as one fused kernel per step on CUDA and CPU (on the `tiny` shape on CPU, 5 ms a
-    step against 17 ms for the default multi-tensor form), the multi-tensor form elsewhere."""
+    """AdamW as one fused kernel per step on CUDA and CPU (several times faster than the
+    default multi-tensor form on CPU: docs/benchmarks.md), the multi-tensor form elsewhere."""
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=True if device.type in ("cuda", "cpu") else None)
 
@@ -102,7 +101,7 @@ class Trainer:
         # --stride block_size` scores it; a larger one through evenly spread windows.
         self._val_whole = math.ceil((len(val.tokens) - 1) / self.block_size) <= budget
         self._eval_batches = {
-            name: torch.from_numpy(eval_windows(split.tokens, self.block_size, budget))
+            name: torch.from_numpy(spread_windows(split.tokens, self.block_size, budget))
             for name, split in (("train", train), ("val", val)) if not (name == "val" and self._val_whole)
         }
 
@@ -198,24 +197,15 @@ class Trainer:
         total nats / ln 2 / UTF-8 bytes of the scored tokens."""
         self.model.eval()
         out = {}
-        B = self.cfg.batch_size
         for name, windows in self._eval_batches.items():
-            nats = torch.zeros((), dtype=torch.float64, device=self.device)
-            n_bytes = torch.zeros((), dtype=torch.int64, device=self.device)
-            count = 0
-            for i in range(0, len(windows), B):
-                xy = windows[i:i + B].to(self.device)
-                x, y = xy[:, :-1], xy[:, 1:]
-                loss = self._forward_loss(x, y)
-                nats += loss.double() * y.numel()
-                n_bytes += self.byte_lengths[y].sum()
-                count += y.numel()
-            out[f"{name}_loss"] = (nats / count).item()
+            score = score_windows(self.model, windows, self.byte_lengths, batch_size=self.cfg.batch_size,
+                                  precision=self.precision)
+            out[f"{name}_loss"] = score.loss
             if name == "val":
-                out["val_bpb"] = (nats / math.log(2) / max(int(n_bytes.item()), 1)).item()
+                out["val_bpb"] = score.bits_per_byte
         if self._val_whole:
             score = score_tokens(self.model, self.val.tokens, self._byte_lengths_np, stride=self.block_size,
-                                 batch_size=B, precision=self.precision)
+                                 batch_size=self.cfg.batch_size, precision=self.precision)
             out["val_loss"], out["val_bpb"] = score.loss, score.bits_per_byte
         self.model.train()
         return out
@@ -274,7 +264,8 @@ class Trainer:
         self._check_finite(metrics["val_loss"])
         improved = self.state.best_val_loss is None or metrics["val_loss"] < self.state.best_val_loss
         if improved:
-            self.state.best_val_loss, self.state.best_step, self.state.evals_since_best = metrics["val_loss"], self.state.step, 0
+            self.state.best_val_loss, self.state.best_step = metrics["val_loss"], self.state.step
+            self.state.evals_since_best = 0
         else:
             self.state.evals_since_best += 1
         record = {"type": "eval", "step": self.state.step, "tokens": self.state.tokens_seen,
@@ -287,7 +278,8 @@ class Trainer:
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
             best = self.state.best_step
-            where = f"the last good checkpoint (step {best}) is kept" if best is not None else "no checkpoint was written"
+            where = (f"the last good checkpoint (step {best}) is kept" if best is not None
+                     else "no checkpoint was written")
             raise RunError(f"loss became {loss} at step {self.state.step}; stopping: {where}. Try a lower --lr")
 
     # -- resume ---------------------------------------------------------------------

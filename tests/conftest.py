@@ -1,20 +1,13 @@
-"""Shared fixtures: a small corpus, an isolated workspace and token cache, tiny shapes."""
+"""Shared fixtures: a small corpus, an isolated workspace and token cache, tiny shapes.
+Helpers that tests import live in helpers.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO / "gptcli" / "assets" / "tinyshakespeare.txt"
-
-# A model small enough that a CLI training run takes a second or two.
-TINY_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-              "--batch-size", "4", "--eval-iters", "2", "--log-interval", "1", "--vocab-size", "300"]
+from helpers import SHAKESPEARE, TINY_FLAGS, cli
 
 
 @pytest.fixture(autouse=True)
@@ -50,19 +43,10 @@ def mixed_tokenizer(shakespeare_text):
     return BPETokenizer.train([shakespeare_text[:50000], extra * 50], 600)
 
 
-def run_gptcli(*args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120,
-               env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command, in a subprocess, as a user runs it."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gptcli", *args], input=input, capture_output=True,
-                          cwd=cwd, timeout=timeout, env=full_env)
-
-
 @pytest.fixture
 def trained_run(isolated, small_corpus, monkeypatch, capsys):
     """A tiny run folder trained for 20 steps through the real CLI, at ./run."""
-    from test_cli import cli
-
-    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "20", "--out", "run")
+    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "20",
+                       "--out", "run")
     assert code == 0, err
     return isolated / "run"

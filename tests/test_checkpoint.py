@@ -12,6 +12,7 @@ from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError
 from gptcli.model import GPT
+from gptcli.weights import read_tensors, save_weights
 
 
 def _run(tmp_path, tok, **kw):
@@ -22,7 +23,7 @@ def _run(tmp_path, tok, **kw):
     run.mkdir()
     ckpt.write_tokenizer(run, tok)
     ckpt.write_config(run, cfg, tok, {"steps": 0})
-    ckpt.save_weights(run / ckpt.WEIGHTS, model)
+    save_weights(run / ckpt.WEIGHTS, model)
     return run, model
 
 
@@ -34,13 +35,13 @@ def test_run_folder_round_trips_bit_for_bit(tmp_path, mixed_tokenizer, kw):
         assert k == k2 and torch.equal(a, b), k
     assert loaded.lm_head.weight is loaded.wte.weight
     assert tok.sha256 == mixed_tokenizer.sha256
-    ckpt.save_weights(tmp_path / "again.safetensors", loaded)
+    save_weights(tmp_path / "again.safetensors", loaded)
     assert (tmp_path / "again.safetensors").read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
 
 
 def test_tied_weights_are_stored_once(tmp_path, mixed_tokenizer):
     run, _ = _run(tmp_path, mixed_tokenizer)
-    assert "lm_head.weight" not in ckpt.read_tensors(run / ckpt.WEIGHTS)
+    assert "lm_head.weight" not in read_tensors(run / ckpt.WEIGHTS)
 
 
 def test_optimizer_state_round_trips(tmp_path, mixed_tokenizer):
@@ -72,7 +73,7 @@ def test_non_finite_weights_are_reported(tmp_path, mixed_tokenizer):
     run, model = _run(tmp_path, mixed_tokenizer)
     with torch.no_grad():
         model.h[1].mlp.c_fc.weight[3, 5] = float("nan")
-    ckpt.save_weights(run / ckpt.WEIGHTS, model)
+    save_weights(run / ckpt.WEIGHTS, model)
     with pytest.raises(UsageError, match="h.1.mlp.c_fc.weight holds NaN"):
         ckpt.load_run(run)
 
@@ -128,7 +129,7 @@ def test_a_missing_folder_is_not_a_run(tmp_path):
 
 def test_planted_pickles_are_never_executed_anywhere_a_file_is_read(tmp_path, mixed_tokenizer, monkeypatch, capsys):
     """A pickle that would create a marker file, planted in every file gptcli reads."""
-    from test_cli import cli
+    from helpers import cli
 
     marker = tmp_path / "pwned"
 

@@ -3,7 +3,6 @@ handling, and as a real subprocess (exit codes, signals, what goes to stdout).""
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
@@ -13,29 +12,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_FLAGS, run_gptcli
-from gptcli.cli import app, main
+from gptcli.cli import app
 
-
-def cli(monkeypatch, capsys, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """gptcli's real entry point, in-process: returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["gptcli", *args])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_clean_error(code, out, err, expected_code=2, match=None):
-    assert code == expected_code, err
-    assert "Traceback" not in err and out == ""
-    errors = [line for line in err.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err  # progress notes may precede it
-    if match:
-        assert match in errors[0], errors[0]
-
+from helpers import TINY_FLAGS, assert_clean_error, cli, run_gptcli
 
 # -- happy paths -------------------------------------------------------------------
 
@@ -85,7 +64,8 @@ def test_stdin_corpus_and_sinusoidal_positions(monkeypatch, capsys, shakespeare_
 
 
 def test_tokenizer_commands_form_a_pipeline(monkeypatch, capsys, small_corpus):
-    code, _, _ = cli(monkeypatch, capsys, "tokenizer", "train", str(small_corpus), "--vocab-size", "400", "--out", "tok")
+    code, _, _ = cli(monkeypatch, capsys, "tokenizer", "train", str(small_corpus), "--vocab-size", "400",
+                     "--out", "tok")
     assert code == 0 and json.loads(open("tok/tokenizer.json").read())["model"]["type"] == "BPE"
     text = "To be, or not to be 🙂 世界\r\n"
     code, ids, _ = cli(monkeypatch, capsys, "tokenizer", "encode", "--tokenizer", "tok", stdin=text.encode())
@@ -176,6 +156,7 @@ def test_bad_tokenizer_and_info_input(monkeypatch, capsys, small_corpus, args, s
 # -- the real command --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_does_not_import_torch(tmp_path):
     probe = ("import sys, time; t = time.perf_counter(); sys.argv = ['gptcli', 'train', '--help']\n"
              "from gptcli.cli import main\n"
@@ -190,6 +171,7 @@ def test_help_is_fast_and_does_not_import_torch(tmp_path):
     assert "--max-time" in proc.stdout
 
 
+@pytest.mark.slow
 def test_subprocess_train_then_bad_input(small_corpus):
     proc = run_gptcli("train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2", "--out", "run", "--json",
                       cwd=small_corpus.parent)
@@ -211,6 +193,7 @@ def _wait_for_step(metrics, step, proc, timeout=60):
     raise AssertionError("training did not reach the step in time")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_and_resume_equals_an_uninterrupted_run(small_corpus, sig, code):
     import os
@@ -299,6 +282,7 @@ def test_a_full_disk_fails_cleanly_and_keeps_the_last_checkpoint(monkeypatch, ca
     import errno
 
     from gptcli import checkpoint as ckpt
+    from gptcli import weights
 
     run = small_corpus.parent / "run"
     assert cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "4",
@@ -310,7 +294,7 @@ def test_a_full_disk_fails_cleanly_and_keeps_the_last_checkpoint(monkeypatch, ca
     def full(*args, **kwargs):  # what safetensors raises on a full disk (its own error, not OSError)
         raise SafetensorError(f"Error while serializing: I/O error: No space left on device (os error {errno.ENOSPC})")
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(weights, "save_file", full)
     code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "8")
     assert_clean_error(code, out, err, expected_code=1, match="No space left on device")
     assert "error: could not write" in err and "SafetensorError" not in err  # named as the write failure it is
@@ -321,6 +305,7 @@ def test_a_full_disk_fails_cleanly_and_keeps_the_last_checkpoint(monkeypatch, ca
     ckpt.load_run(run)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs a POSIX file-size limit")
 def test_a_real_write_failure_in_safetensors_is_a_clear_error(trained_run):
     """No mock: the real library writing under a file-size limit smaller than the weights."""
@@ -363,6 +348,7 @@ def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch, capsys, small_co
     assert_clean_error(code, out, err, match="no CUDA GPU is available")
 
 
+@pytest.mark.slow
 def test_closed_stdin_is_a_clear_error(small_corpus):
     import subprocess
 

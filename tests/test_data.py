@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gptcli.data import (BatchSampler, check_fits, collect_documents, eval_windows, split_train_val,
-                         token_dtype, tokenize_to_cache)
+from gptcli.data import (
+    BatchSampler,
+    check_fits,
+    collect_documents,
+    split_train_val,
+    spread_windows,
+    token_dtype,
+    tokenize_to_cache,
+)
 from gptcli.errors import UsageError
 
 
@@ -132,8 +139,8 @@ def test_ranks_draw_different_windows():
     assert not np.array_equal(a, b)
 
 
-def test_eval_windows_are_fixed_and_span_the_split():
+def test_spread_windows_are_fixed_and_span_the_split():
     tokens = np.arange(1000, dtype=np.uint16)
-    w = eval_windows(tokens, 16, 10)
-    np.testing.assert_array_equal(w, eval_windows(tokens, 16, 10))
+    w = spread_windows(tokens, 16, 10)
+    np.testing.assert_array_equal(w, spread_windows(tokens, 16, 10))
     assert w[0, 0] == 0 and w[-1, -1] == 999

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_FLAGS
-from gptcli.evaluate import windows
-from test_cli import assert_clean_error, cli
+from gptcli.scoring import sliding_windows as windows
+
+from helpers import TINY_FLAGS, assert_clean_error, cli
 
 
 @pytest.fixture

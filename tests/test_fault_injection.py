@@ -1,27 +1,24 @@
-"""Kills: a short SIGKILL campaign (benchmarks/fault_injection.py runs the long one), and
-a kill simulated at each write of a checkpoint that holds a new best model."""
+"""Kills: a short SIGKILL campaign (fault_injection.py runs the long one), and a kill
+simulated at each write of a checkpoint that holds a new best model."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_FLAGS
 from gptcli import checkpoint as ckpt
-from gptcli import pipeline
+from gptcli.commands import train
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-from fault_injection import campaign  # noqa: E402
+from fault_injection import campaign
+from helpers import TINY_FLAGS, cli
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_and_inside_writes_never_breaks_the_run_folder(isolated, monkeypatch, capsys):
     """The kills hit `gptcli train` subprocesses; the checks after them (info, generate,
     the last resume) run in-process, which saves a torch import each."""
-    from test_cli import cli
-
     in_process = lambda *args: cli(monkeypatch, capsys, *args)  # noqa: E731
     result = campaign(isolated, kills=5, seed=1, log=lambda _: None, gptcli=in_process)
     assert result["survived"] == 5
@@ -36,7 +33,7 @@ class Killed(BaseException):
 def _kill_inside_checkpoints(monkeypatch, run, victim: str) -> None:
     """From now on, a checkpoint dies as it starts the write `victim` names."""
     armed = []
-    original = pipeline.RunFolderHooks.on_checkpoint
+    original = train.RunFolderHooks.on_checkpoint
 
     def on_checkpoint(self, trainer, is_best):
         armed.append(is_best)
@@ -49,8 +46,9 @@ def _kill_inside_checkpoints(monkeypatch, run, victim: str) -> None:
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(pipeline.RunFolderHooks, "on_checkpoint", on_checkpoint)
-    monkeypatch.setattr(ckpt, victim, dying(getattr(ckpt, victim), top_level_only=victim == "save_weights"))
+    monkeypatch.setattr(train.RunFolderHooks, "on_checkpoint", on_checkpoint)
+    module = train if victim == "save_weights" else ckpt  # where the checkpoint hook finds the function
+    monkeypatch.setattr(module, victim, dying(getattr(module, victim), top_level_only=victim == "save_weights"))
 
 
 @pytest.mark.parametrize("victim", ["save_resume", "save_weights", "write_config"])
@@ -61,8 +59,6 @@ def test_a_kill_inside_a_best_checkpoint_leaves_weights_state_and_config_agreein
     best: a resume that cannot replay the same losses (a lowered --max-steps, a GPU) then
     credits the file with another step's loss, or lets a later evaluation replace it. After
     the kill, the next --resume must find all three naming the same best."""
-    from test_cli import cli
-
     run = small_corpus.parent / "run"
     base = ["train", str(small_corpus), *TINY_FLAGS, "--eval-interval", "2", "--out", "run"]
     assert cli(monkeypatch, capsys, *base, "--max-steps", "4")[0] == 0

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from conftest import TINY_FLAGS, run_gptcli
-from test_cli import assert_clean_error, cli
+from helpers import TINY_FLAGS, assert_clean_error, cli, run_gptcli
 
 CJK = ("春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。🌸🌧️🐦 "
        "床前明月光，疑是地上霜。举头望明月，低头思故乡。🌙✨ ")
@@ -27,6 +26,7 @@ def cjk_run(isolated, monkeypatch, capsys):
     return isolated / "run"
 
 
+@pytest.mark.slow
 def test_streamed_text_equals_final_text_for_cjk_and_emoji(cjk_run):
     args = ["generate", "-c", str(cjk_run), "-p", "春眠", "-n", "120", "--seed", "5", "--top-k", "3"]
     streamed = run_gptcli(*args, cwd=cjk_run.parent)
@@ -40,8 +40,8 @@ def test_streamed_text_equals_final_text_for_cjk_and_emoji(cjk_run):
 
 def test_stream_pieces_are_whole_characters(cjk_run):
     from gptcli.checkpoint import load_run
+    from gptcli.commands.generate import GenerateRequest, run
     from gptcli.config import SampleConfig
-    from gptcli.generation import GenerateRequest, generate
     from gptcli.console import Console
 
     class Recorder:
@@ -59,7 +59,7 @@ def test_stream_pieces_are_whole_characters(cjk_run):
 
     sink = Recorder()
     cfg = SampleConfig(strategy="sample", max_new_tokens=100, temperature=1.0, top_k=3, top_p=None, seed=3)
-    [out] = generate(GenerateRequest(cjk_run, ["春眠"], cfg), sink, Console(quiet=True))
+    [out] = run(GenerateRequest(cjk_run, ["春眠"], cfg), sink, Console(quiet=True)).outputs
     _, tok, _ = load_run(cjk_run)
     assert len(sink.pieces) > 10
     assert "".join(sink.pieces) == out.text
@@ -132,6 +132,7 @@ def test_newest_run_is_the_default_checkpoint(cjk_run, monkeypatch, capsys):
     assert code == 0 and "checkpoints/poems" in err
 
 
+@pytest.mark.slow
 def test_pipe_to_head_ends_quietly(cjk_run):
     cmd = (f"{sys.executable} -m gptcli generate -c {cjk_run} -p 春眠 -n 3000 --temperature 1.0 --seed 2 "
            f"| head -c 20 > /dev/null; echo \"${{PIPESTATUS[0]}}\"")
@@ -176,8 +177,8 @@ def test_bad_generate_input(cjk_run, monkeypatch, capsys, args, message):
 
 
 def test_no_model_anywhere_is_a_clear_error(monkeypatch, capsys, tmp_path):
-    from gptcli import checkpoint as ckpt
+    from gptcli import workspace
 
-    monkeypatch.setattr(ckpt, "SHIPPED", tmp_path / "not-shipped")
+    monkeypatch.setattr(workspace, "SHIPPED", tmp_path / "not-shipped")
     code, out, err = cli(monkeypatch, capsys, "generate", "-p", "hi")
     assert_clean_error(code, out, err, match="no model found")

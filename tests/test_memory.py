@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, SHAKESPEARE
+import pytest
+
+from helpers import REPO, SHAKESPEARE
 
 CHILD = r"""
 import json, resource, sys
@@ -33,6 +35,7 @@ def _peak(tmp_path, tok_path, mb):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_corpus_size(tmp_path, mixed_tokenizer):
     tok_path = mixed_tokenizer.save(tmp_path / "tok")
     small, big = _peak(tmp_path, tok_path, 5), _peak(tmp_path, tok_path, 20)

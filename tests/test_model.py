@@ -1,13 +1,16 @@
-"""The GPT: causality, the KV cache, positions, tied weights, and that it can learn."""
+"""The GPT: causality, the KV cache, positions, tied weights, the fused loss, and that it
+can learn."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from gptcli import fused_loss
 from gptcli.config import ModelConfig
-import gptcli.model
-from gptcli.model import GPT, KVCache, linear_cross_entropy, sinusoidal_table
+from gptcli.fused_loss import linear_cross_entropy
+from gptcli.kv_cache import KVCache
+from gptcli.model import GPT, sinusoidal_table
 
 
 def tiny(**kw) -> GPT:
@@ -41,61 +44,6 @@ def test_kv_cache_logits_equal_full_recompute(pos_encoding):
         pieces.append(model(idx[:, 50:], kv_cache=cache)[0])  # a multi-token chunk after a prefix
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
     assert cache.pos == 64
-
-
-@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
-def test_decode_step_equals_forward_and_full_recompute(pos_encoding):
-    """The generation fast path: bitwise the cached forward(), close to full recompute,
-    up to the last position of the context, and refused past it."""
-    model = tiny(pos_encoding=pos_encoding)
-    idx = torch.randint(0, 300, (3, 64))
-    fast, slow = KVCache(model.config, batch_size=3), KVCache(model.config, batch_size=3)
-    with torch.no_grad():
-        full, _ = model(idx)
-        model(idx[:, :10], kv_cache=fast), model(idx[:, :10], kv_cache=slow)
-        for t in range(10, 64):
-            got = model.decode_step(idx[:, t], fast, torch.full((3,), t))
-            want, _ = model(idx[:, t:t + 1], kv_cache=slow)
-            assert torch.equal(got, want[:, 0])
-            torch.testing.assert_close(got, full[:, t], rtol=0, atol=1e-5)
-        with pytest.raises(ValueError, match="block_size"):
-            model.decode_step(idx[:, 0], fast, torch.full((3,), 64))
-
-
-def test_decode_step_masks_left_padding():
-    """A row left-padded in a batch decodes as it would alone."""
-    model = tiny()
-    short, long_ = torch.randint(0, 300, (1, 5)), torch.randint(0, 300, (1, 9))
-    batch = torch.cat([torch.zeros(1, 4, dtype=torch.long), short], dim=1)
-    valid = torch.tensor([[False] * 4 + [True] * 5, [True] * 9])
-    cache, alone = KVCache(model.config, batch_size=2), KVCache(model.config, batch_size=1)
-    nxt = torch.randint(0, 300, (2,))
-    with torch.no_grad():
-        cache.mark_padding(valid)
-        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-        model(torch.cat([batch, long_]), kv_cache=cache, positions=positions)
-        got = model.decode_step(nxt, cache, torch.tensor([5, 9]))
-        model(short, kv_cache=alone)
-        want = model.decode_step(nxt[:1], alone, torch.tensor([5]))
-    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
-
-
-def test_kv_cache_reorder_follows_rows():
-    model = tiny()
-    idx = torch.randint(0, 300, (3, 10))
-    cache = KVCache(model.config, batch_size=3)
-    history = idx
-    with torch.no_grad():
-        model(idx, kv_cache=cache)
-        # duplicates, a swap, the identity, then a cycle: each reorder after the first
-        # starts from the buffer the one before it swapped in
-        for rows in ([2, 2, 0], [1, 0, 2], [0, 1, 2], [1, 2, 0]):
-            cache.reorder(torch.tensor(rows))
-            nxt = torch.randint(0, 300, (3,))
-            history = torch.cat([history[rows], nxt[:, None]], dim=1)
-            got = model.decode_step(nxt, cache, torch.full((3,), history.size(1) - 1))
-            want, _ = model(history)
-            torch.testing.assert_close(got, want[:, -1], rtol=0, atol=1e-5)
 
 
 def test_cache_and_context_limits_are_enforced():
@@ -145,8 +93,8 @@ def test_tiny_model_overfits_a_short_text():
 
 
 def test_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(monkeypatch):
-    monkeypatch.setattr(gptcli.model, "LOSS_CHUNK_BYTES", 4 * 50 * 7)  # 7 rows a chunk: 45 rows end on a part chunk
-    monkeypatch.setattr(gptcli.model, "LOSS_CHUNK_MIN_ROWS", 1)
+    monkeypatch.setattr(fused_loss, "CHUNK_BYTES", 4 * 50 * 7)  # 7 rows a chunk: 45 rows end on a part chunk
+    monkeypatch.setattr(fused_loss, "CHUNK_MIN_ROWS", 1)
     torch.manual_seed(0)
     x = torch.randn(45, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)

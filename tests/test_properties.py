@@ -3,7 +3,6 @@ random model configs."""
 
 from __future__ import annotations
 
-
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.model import GPT
+from gptcli.weights import save_weights
 
 
 @settings(max_examples=300, deadline=None)
@@ -61,7 +61,7 @@ def test_save_load_is_identity_for_random_configs(tmp_path_factory, mixed_tokeni
     run = tmp_path_factory.mktemp("run")
     ckpt.write_tokenizer(run, tok)
     ckpt.write_config(run, cfg, tok, {})
-    ckpt.save_weights(run / ckpt.WEIGHTS, model)
+    save_weights(run / ckpt.WEIGHTS, model)
     loaded, _, doc = ckpt.load_run(run)
     assert doc["model"] == cfg.__dict__
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):

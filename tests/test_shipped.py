@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 
-from conftest import REPO
 from gptcli import checkpoint as ckpt
-from test_cli import cli
+from gptcli.workspace import SHIPPED
+
+from helpers import REPO, cli
 
 
 def test_shipped_folder_loads_and_is_self_consistent():
-    model, tok, doc = ckpt.load_run(ckpt.SHIPPED)  # checks tensors against config, tokenizer against model
+    model, tok, doc = ckpt.load_run(SHIPPED)  # checks tensors against config, tokenizer against model
     assert doc["tokenizer"]["sha256"] == tok.sha256
     repo_tokenizer = REPO / "tokenizer" / "tokenizer.json"
     assert repo_tokenizer.read_text(encoding="utf-8") == tok.json_text  # the workspace default is the same one
-    size = sum(p.stat().st_size for p in ckpt.SHIPPED.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size < 25 * 2**20
     assert doc["training"]["best_val_bpb"] <= 2.2
 

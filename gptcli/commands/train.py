@@ -1,57 +1,51 @@
-"""`gptcli train`, wired end to end: corpus -> tokenizer -> token cache -> model ->
-trainer -> run folder.
+"""`gptcli train`: corpus -> tokenizer -> token cache -> model -> trainer -> run folder.
 
-Owns the decisions between the stages (which tokenizer, which run folder, what resume
-restores) and the trainer's hooks that write checkpoints and metrics. Parsing flags is
-the CLI's job; the loop itself is the trainer's.
+Owns the decisions between the stages (which settings, which tokenizer, which run
+folder, what resume restores) and the trainer's hooks that write checkpoints, metrics and
+progress. The loop itself is trainer.py's; run folders are checkpoint.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-from gptcli import atomic
+from gptcli import atomic, folders, workspace
 from gptcli import checkpoint as ckpt
-from gptcli.config import (DEFAULT_MAX_STEPS, MIN_VOCAB, ModelConfig, TrainConfig, model_config_from_dict,
-                           train_config_from_dict)
+from gptcli.commands import inputs
+from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, from_dict, preset
 from gptcli.console import Console, format_duration
-from gptcli.data import (Split, check_fits, check_val_fraction, collect_documents, iter_documents_text, lookup_cache,
-                         split_train_val, tokenize_to_cache)
+from gptcli.data import Split, check_fits, check_val_fraction, collect_documents, iter_documents_text, split_train_val
 from gptcli.device import dist_info, pick_device, pick_precision, rng_state, seed_everything, set_rng_state
 from gptcli.errors import UsageError
 from gptcli.model import GPT
-from gptcli.tokenizer import TOKENIZER_FILE, BPETokenizer
+from gptcli.runlock import lock_owner, run_lock
+from gptcli.tokenizer import BPETokenizer
 from gptcli.trainer import Hooks, Trainer
+from gptcli.weights import save_weights
+from gptcli.workspace import TOKENIZER_FILE
 
-WORKSPACE_TOKENIZER = Path("tokenizer")
-DEFAULT_VOCAB = 4096
 # Settings a resumed run may change: where it runs and when it stops.
-RESUMABLE_OVERRIDES = {"max_steps", "max_time", "epochs", "patience", "device", "compile", "log_interval"}
+RESUMABLE = ("max_steps", "max_time", "epochs", "patience", "device", "compile", "log_interval")
 
 
 @dataclass
 class TrainRequest:
     paths: list[str]  # files, folders, '-' (may be empty with resume)
-    model: ModelConfig  # shape before the vocabulary is known
-    train: TrainConfig
-    preset: str
+    preset: str | None = None  # a name from config.PRESETS; None: the default one
+    settings: dict = field(default_factory=dict)  # ModelConfig and TrainConfig fields the user set
     out: Path | None = None
     resume: Path | None = None
     init: Path | None = None
     overwrite: bool = False
     tokenizer: Path | None = None
-    vocab_size: int | None = None
     val: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
-    explicit: set[str] = field(default_factory=set)  # train/model fields the user set
 
 
 @dataclass
@@ -61,28 +55,42 @@ class TrainResult:
     summary: dict
     signal: int | None = None  # the signal that stopped the run, if one did
 
+    def to_json(self) -> dict:
+        return {"run": str(self.run), "stop_reason": self.reason, **self.summary}
 
-# -- run folder --------------------------------------------------------------------
+    def to_text(self) -> str:
+        s = self.summary
+        bpb = s.get("best_val_bpb")
+        best = f"best val loss {s['best_val_loss']:.4f}" if s.get("best_val_loss") is not None else "no evaluation yet"
+        text = (f"done ({self.reason}): step {s.get('steps')}, {best}" + (f" ({bpb:.4f} bits/byte)" if bpb else "")
+                + f" -> {self.run}")
+        if self.reason == "interrupted":
+            text += f"\ncheckpoint saved; continue with: gptcli train --resume {self.run}"
+        return text
+
+    @property
+    def exit_code(self) -> int:
+        if self.reason != "interrupted":
+            return 0
+        return 143 if self.signal == signal.SIGTERM else 130
+
+
+def settings_for(preset_name: str, given: dict) -> tuple[ModelConfig, TrainConfig]:
+    """The preset's shape and training settings, with what the user gave on top."""
+    chosen = preset(preset_name)
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = {**chosen["model"], **{k: v for k, v in given.items() if k in model_names}}
+    train = {**chosen["train"], **{k: v for k, v in given.items() if k not in model_names}}
+    return ModelConfig(**model), TrainConfig(**train)
+
+
+# -- run folder and tokenizer ------------------------------------------------------------
 
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse a bad --out before any slow work; nothing is created yet."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"--out {out} is not empty: pass --overwrite to replace it, or --resume {out} to continue it")
-        if not ckpt.is_run(out):
-            raise UsageError(f"refusing to --overwrite {out}: it is not a gptcli run folder")
-        if (owner := ckpt.lock_owner(out)) is not None:
-            raise UsageError(f"refusing to --overwrite {out}: gptcli process {owner} is writing to it")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot create --out {out}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to --out {out}: permission denied on {parent}")
+    folders.check_out(out, overwrite, label=f"--out {out}", kind="a gptcli run folder", is_kind=ckpt.is_run,
+                      writer=lock_owner, hint=f", or --resume {out} to continue it")
 
 
 def create_out(out: Path, overwrite: bool) -> Path:
@@ -99,61 +107,37 @@ def create_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def default_out(paths: list[str]) -> Path:
-    first = paths[0] if paths else "run"
-    stem = "stdin" if first == "-" else (Path(first).stem or Path(first).resolve().name or "run")
-    return ckpt.WORKSPACE / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-# -- tokenizer ---------------------------------------------------------------------
-
-
 def resolve_tokenizer(req: TrainRequest, docs, console: Console) -> BPETokenizer:
     """--tokenizer, else ./tokenizer/tokenizer.json, else train one there."""
     if req.tokenizer is not None:
         tok = BPETokenizer.load(req.tokenizer)
         console.info(f"tokenizer: using {req.tokenizer} ({tok.vocab_size} tokens)")
-    elif (WORKSPACE_TOKENIZER / TOKENIZER_FILE).is_file():
-        tok = BPETokenizer.load(WORKSPACE_TOKENIZER)
-        console.info(f"tokenizer: reusing {WORKSPACE_TOKENIZER / TOKENIZER_FILE} ({tok.vocab_size} tokens)")
+    elif (workspace.TOKENIZER / TOKENIZER_FILE).is_file():
+        tok = BPETokenizer.load(workspace.TOKENIZER)
+        console.info(f"tokenizer: reusing {workspace.TOKENIZER / TOKENIZER_FILE} ({tok.vocab_size} tokens)")
     else:
-        size = req.vocab_size or DEFAULT_VOCAB
+        size = req.settings.get("vocab_size", workspace.DEFAULT_VOCAB)
         console.info(f"tokenizer: none found, training a {size}-token byte-level BPE on the corpus")
         t0 = time.perf_counter()
         tok = BPETokenizer.train(iter_documents_text(docs), size)
-        path = tok.save(WORKSPACE_TOKENIZER)
+        path = tok.save(workspace.TOKENIZER)
         console.info(f"tokenizer: saved {path} ({tok.vocab_size} tokens, {time.perf_counter() - t0:.1f}s)")
         if tok.vocab_size < size:
             console.warn(f"the corpus only supported {tok.vocab_size} of the {size} tokens asked for")
         return tok
-    if req.vocab_size is not None and req.vocab_size != tok.vocab_size:
-        raise UsageError(f"--vocab-size {req.vocab_size} disagrees with the tokenizer in use ({tok.vocab_size} tokens): "
+    asked = req.settings.get("vocab_size")
+    if asked is not None and asked != tok.vocab_size:
+        raise UsageError(f"--vocab-size {asked} disagrees with the tokenizer in use ({tok.vocab_size} tokens): "
                          "drop --vocab-size, or train one with `gptcli tokenizer train` and pass --tokenizer")
     return tok
-
-
-def tokenize(docs, tok: BPETokenizer, console: Console, what: str):
-    total = sum(d.n_bytes for d in docs)
-    tf = lookup_cache(docs, tok)
-    if tf is not None:
-        how = "cached"
-    else:
-        t0 = time.perf_counter()
-        with console.progress(f"tokenizing {what}", total, "bytes") as bar:
-            tf, _ = tokenize_to_cache(docs, tok, progress=lambda done, _: bar.update(done))
-            bar.update(total)
-        how = f"tokenized in {time.perf_counter() - t0:.1f}s"
-    console.info(f"data: {what} {total:,} bytes -> {tf.n_tokens:,} tokens ({how})")
-    return tf
 
 
 # -- hooks: where the trainer's reports land ------------------------------------------
 
 
 class RunFolderHooks(Hooks):
-    def __init__(self, run: Path, model_cfg: ModelConfig, tok: BPETokenizer, summary: dict, console: Console, bar):
-        self.run, self.model_cfg, self.tok, self.summary = run, model_cfg, tok, summary
-        self.console, self.bar = console, bar
+    def __init__(self, run: Path, model_cfg: ModelConfig, tok: BPETokenizer, summary: dict, bar):
+        self.run, self.model_cfg, self.tok, self.summary, self.bar = run, model_cfg, tok, summary, bar
 
     def _status(self, trainer: Trainer, loss: float | None = None) -> str:
         ev = trainer.state.last_eval
@@ -172,7 +156,8 @@ class RunFolderHooks(Hooks):
         s, cfg = trainer.state, trainer.cfg
         # A --max-time run may outlast its fitted schedule (it then trains at the floor LR).
         total = max(s.total_steps, s.step) if s.total_steps else None
-        status = f"{self._status(trainer, record['loss'])} | lr {record['lr']:.2e} | {record['tokens_per_sec']:,.0f} tok/s"
+        status = (f"{self._status(trainer, record['loss'])} | lr {record['lr']:.2e} | "
+                  f"{record['tokens_per_sec']:,.0f} tok/s")
         if self.bar.is_bar:
             self.bar.update(s.step, status, total=total)
             return
@@ -196,7 +181,7 @@ class RunFolderHooks(Hooks):
         # order could leave a new best beside a trainer state that never saw it.
         ckpt.save_resume(self.run, trainer.model, trainer.optimizer, {**trainer.state_dict(), "rng": rng_state()})
         if is_best or not (self.run / ckpt.WEIGHTS).is_file():
-            ckpt.save_weights(self.run / ckpt.WEIGHTS, trainer.model)
+            save_weights(self.run / ckpt.WEIGHTS, trainer.model)
         self.write_summary(trainer)
 
     def write_summary(self, trainer: Trainer) -> None:
@@ -229,7 +214,13 @@ def training_summary(trainer: Trainer) -> dict:
             "last_eval": s.last_eval}
 
 
-# -- the command -------------------------------------------------------------------
+def _truncate_metrics(run: Path, step: int) -> None:
+    """Drop records a killed run wrote after its last checkpoint: they are redone."""
+    records = [r for r in ckpt.read_metrics(run) if r.get("step", 0) <= step]
+    atomic.write_text(run / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in records))
+
+
+# -- planning: every check before any slow work -----------------------------------------
 
 
 @dataclass
@@ -246,20 +237,22 @@ class _Plan:
     tok: BPETokenizer | None  # known up front only when resuming
 
 
-def _plan_resume(req: TrainRequest, console: Console) -> _Plan:
+def _plan_resume(req: TrainRequest) -> _Plan:
     run = req.resume
+    if req.out is not None or req.overwrite or req.init is not None or req.tokenizer is not None:
+        raise UsageError("--resume continues a run in place: it takes no --out, --overwrite, --init or --tokenizer")
     doc = ckpt.read_config(run)
     ckpt.resume_dir(run)
-    fixed = sorted(req.explicit - RESUMABLE_OVERRIDES)
+    fixed = sorted(set(req.settings) - set(RESUMABLE)) + (["preset"] if req.preset is not None else [])
     if fixed:
         raise UsageError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; only "
                          "--max-steps, --max-time, --epochs, --patience, --device and --compile can")
     previous = doc.get("training") or {}
-    train_cfg = train_config_from_dict(previous.get("config") or {})
-    for name in req.explicit & RESUMABLE_OVERRIDES:
-        setattr(train_cfg, name, getattr(req.train, name))
+    train_cfg = from_dict(TrainConfig, previous.get("config") or {}, f"{run / ckpt.CONFIG} training config")
+    for name in set(req.settings) & set(RESUMABLE):
+        setattr(train_cfg, name, req.settings[name])
     train_cfg.dtype = previous.get("dtype", train_cfg.dtype)  # the precision it ran in, for exactness
-    model_cfg = model_config_from_dict(doc["model"])
+    model_cfg = ckpt.model_config(doc, run)
     paths = req.paths or previous.get("corpus") or []
     if "<stdin>" in paths:
         raise UsageError(f"{run} was trained on stdin: pipe the same text again with `gptcli train - --resume {run}`")
@@ -272,22 +265,25 @@ def _plan_resume(req: TrainRequest, console: Console) -> _Plan:
 def _plan_new(req: TrainRequest) -> _Plan:
     if req.tokenizer is not None and req.init is not None:
         raise UsageError("--tokenizer and --init disagree: --init uses the tokenizer of the run it starts from")
-    train_cfg = req.train.validate()
+    model_cfg, train_cfg = settings_for(req.preset or DEFAULT_PRESET, req.settings)
+    train_cfg.validate()
     if train_cfg.max_steps is None and train_cfg.max_time is None and train_cfg.epochs is None:
         train_cfg.max_steps = DEFAULT_MAX_STEPS
     if not req.paths:
         raise UsageError("no corpus given: pass one or more files, folders, or - for stdin")
     check_val_fraction(req.val_fraction)
-    # The vocabulary is not known yet; check everything else about the shape now.
-    dataclasses.replace(req.model, vocab_size=max(req.model.vocab_size, MIN_VOCAB)).validate()
-    run = req.out or default_out(req.paths)
+    model_cfg.validate()  # the vocabulary given, or the default: the tokenizer's replaces it later
+    run = req.out or workspace.default_run_folder(req.paths)
     check_out(run, req.overwrite)
-    return _Plan(run, req.model, train_cfg, req.paths, req.val, req.val_fraction, {}, None)
+    return _Plan(run, model_cfg, train_cfg, req.paths, req.val, req.val_fraction, {}, None)
 
 
-def train(req: TrainRequest, console: Console) -> TrainResult:
+# -- the command -------------------------------------------------------------------
+
+
+def run(req: TrainRequest, console: Console) -> TrainResult:
     rank, world = dist_info()
-    plan = _plan_resume(req, console) if req.resume is not None else _plan_new(req)
+    plan = _plan_resume(req) if req.resume is not None else _plan_new(req)
     train_cfg = plan.train_cfg
     device = pick_device(train_cfg.device)
     precision = pick_precision(train_cfg.dtype, device)
@@ -301,10 +297,10 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
         console.info(f"init: starting from the weights of {req.init}")
     elif tok is None:
         tok = resolve_tokenizer(req, docs, console)
-    tf = tokenize(docs, tok, console, "corpus")
+    tf = inputs.tokens(docs, tok, console, "corpus")
     byte_lengths = tok.token_byte_lengths()
     if plan.val_paths:
-        vf = tokenize(collect_documents(plan.val_paths, console.warn), tok, console, "validation")
+        vf = inputs.tokens(collect_documents(plan.val_paths, console.warn), tok, console, "validation")
         train_split, val_split = Split(tf.array(), tf.n_bytes), Split(vf.array(), vf.n_bytes)
     else:
         train_split, val_split = split_train_val(tf.array(), byte_lengths, plan.val_fraction)
@@ -313,31 +309,32 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
     check_fits(val_split, model_cfg.block_size, "validation")
 
     run = plan.run if req.resume is not None else create_out(plan.run, req.overwrite)
-    with ckpt.run_lock(run, console.warn):  # one writer per run folder
+    with run_lock(run, console.warn):  # one writer per run folder
         seed_everything(train_cfg.seed)
         model = GPT(model_cfg)
         if init_weights is not None:
             model.load_state_dict(init_weights)
         model.to(device)
         summary = dict(plan.previous) or {
-            "preset": req.preset, "corpus": [d.name for d in docs], "val_paths": list(plan.val_paths),
+            "preset": req.preset or DEFAULT_PRESET, "corpus": [d.name for d in docs], "val_paths": list(plan.val_paths),
             "val_fraction": None if plan.val_paths else plan.val_fraction, "init": str(req.init) if req.init else None,
         }
         summary.update({"config": dataclasses.asdict(train_cfg), "device": device.type, "dtype": precision.name,
                         "params": model.num_params(), "train_tokens": len(train_split.tokens),
                         "val_tokens": len(val_split.tokens), "val_bytes": val_split.n_bytes})
-        console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
-                     f"{model_cfg.n_embd} wide, context {model_cfg.block_size} | {device.type} {precision.name}")
+        console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, "
+                     f"{model_cfg.n_head} heads, {model_cfg.n_embd} wide, context {model_cfg.block_size} | "
+                     f"{device.type} {precision.name}")
 
         with console.progress("training", None, "steps") as bar:
-            hooks = RunFolderHooks(run, model_cfg, tok, summary, console, bar)
+            hooks = RunFolderHooks(run, model_cfg, tok, summary, bar)
             trainer = Trainer(model, train_cfg, train_split, val_split, byte_lengths, precision, hooks, rank, world)
             if req.resume is not None:
                 hooks.restore_from(trainer)
             else:
                 ckpt.write_tokenizer(run, tok)
                 ckpt.write_config(run, model_cfg, tok, summary)
-                ckpt.save_weights(run / ckpt.WEIGHTS, model)
+                save_weights(run / ckpt.WEIGHTS, model)
             if train_cfg.compile:
                 trainer.try_compile(console.warn)
             restore, received = _install_stop_handlers(trainer)
@@ -349,12 +346,6 @@ def train(req: TrainRequest, console: Console) -> TrainResult:
         if rank == 0:
             ckpt.write_config(run, model_cfg, tok, summary)
         return TrainResult(run, reason, summary, received[0] if received else None)
-
-
-def _truncate_metrics(run: Path, step: int) -> None:
-    """Drop records a killed run wrote after its last checkpoint: they are redone."""
-    records = [r for r in ckpt.read_metrics(run) if r.get("step", 0) <= step]
-    atomic.write_text(run / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _install_stop_handlers(trainer: Trainer):

@@ -1,5 +1,6 @@
-"""Decoding: logits processors, the KV-cached loops against full recompute, beam search
-against greedy and brute force, seeds and batching."""
+"""Decoding: logits processors, the fast decoder against the model's forward, the
+KV-cached loops against full recompute, beam search against greedy and brute force,
+seeds, batching, and how the generate command settles a strategy from the flags."""
 
 from __future__ import annotations
 
@@ -8,11 +9,22 @@ import itertools
 import pytest
 import torch
 
-from gptcli import sampling
-from gptcli.config import ModelConfig, SampleConfig, sample_config_from_flags
-from gptcli.errors import RunError, UsageError
+from gptcli import decoding
+from gptcli.commands.generate import sample_config
+from gptcli.config import ModelConfig, SampleConfig
+from gptcli.decoding import (
+    FastDecoder,
+    apply_repetition_penalty,
+    beam_search,
+    decode_steps,
+    draw,
+    top_k_filter,
+    top_p_filter,
+)
+from gptcli.errors import RunError, SettingError
+from gptcli.kv_cache import KVCache
 from gptcli.model import GPT
-from gptcli.sampling import apply_repetition_penalty, beam_search, decode_steps, draw, top_k_filter, top_p_filter
+from gptcli.options import flag
 
 
 def tiny(vocab=300, block=32, seed=0) -> GPT:
@@ -50,7 +62,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 
 def test_temperature_zero_is_argmax():
-    cfg = sample_config_from_flags({"temperature": 0.0, "max_new_tokens": 5})
+    cfg = sample_config({"temperature": 0.0, "max_new_tokens": 5})
     assert cfg.strategy == "greedy"
     model = tiny()
     prompt = [[1, 2, 3]]
@@ -74,6 +86,7 @@ def test_repetition_penalty_is_applied():
     ({"num_beams": 4, "top_k": 5}, "--top-k"),
     ({"greedy": True, "top_p": 0.5}, "--top-p"),
     ({"greedy": True, "temperature": 0.7}, "--temperature"),
+    ({"greedy": True, "num_beams": 2}, "--greedy"),
     ({"length_penalty": 2.0}, "beam search"),
     ({"num_beams": 2, "num_return": 3}, "--num-return"),
     ({"top_k": 0}, "--top-k"),
@@ -84,8 +97,88 @@ def test_repetition_penalty_is_applied():
     ({"max_new_tokens": -1}, "--max-new-tokens"),
 ])
 def test_contradictory_or_bad_flags_are_errors(flags, message):
-    with pytest.raises(UsageError, match=message):
-        sample_config_from_flags(dict(flags))
+    given = dict(flags)
+    greedy = given.pop("greedy", False)
+    with pytest.raises(SettingError) as raised:
+        sample_config(given, greedy=greedy)
+    assert message in raised.value.render(flag)
+
+
+# -- the fast decoder --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_fast_decoder_equals_forward_bitwise_and_full_recompute(pos_encoding):
+    """Bitwise the cached forward(), close to full recompute, up to the last position of
+    the context, and refused past it."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=32,
+                            pos_encoding=pos_encoding)).eval()
+    idx = torch.randint(0, 300, (3, 64))
+    decoder, slow = FastDecoder(model), KVCache(model.config, batch_size=3)
+    with torch.no_grad():
+        full, _ = model(idx)
+        decoder.prefill(idx[:, :10].tolist())
+        model(idx[:, :10], kv_cache=slow)
+        for t in range(10, 64):
+            got = decoder.step(idx[:, t])
+            want, _ = model(idx[:, t:t + 1], kv_cache=slow)
+            assert torch.equal(got, want[:, 0])
+            torch.testing.assert_close(got, full[:, t], rtol=0, atol=1e-5)
+        assert decoder.full
+        with pytest.raises(ValueError, match="block_size"):
+            decoder.step(idx[:, 0])
+
+
+def test_fast_decoder_masks_left_padding():
+    """A row left-padded in a batch decodes as it would alone."""
+    model = tiny(block=16)
+    short, long_ = [5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    nxt = torch.tensor([11, 12])
+    with torch.no_grad():
+        batched = FastDecoder(model)
+        batched.prefill([short, long_])
+        got = batched.step(nxt)
+        alone = FastDecoder(model)
+        alone.prefill([short])
+        want = alone.step(nxt[:1])
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+
+
+def test_fast_decoder_reorder_follows_rows():
+    model = tiny()
+    idx = torch.randint(0, 300, (3, 10))
+    decoder = FastDecoder(model)
+    history = idx
+    with torch.no_grad():
+        decoder.prefill(idx.tolist())
+        # duplicates, a swap, the identity, then a cycle: each reorder after the first
+        # starts from the buffer the one before it swapped in
+        for rows in ([2, 2, 0], [1, 0, 2], [0, 1, 2], [1, 2, 0]):
+            decoder.reorder(torch.tensor(rows))
+            nxt = torch.randint(0, 300, (3,))
+            history = torch.cat([history[rows], nxt[:, None]], dim=1)
+            got = decoder.step(nxt)
+            want, _ = model(history)
+            torch.testing.assert_close(got, want[:, -1], rtol=0, atol=1e-5)
+
+
+def test_fast_decoder_refuses_training_mode_and_replaced_parameters():
+    model = tiny()
+    with pytest.raises(ValueError, match="eval mode"):
+        FastDecoder(model.train())
+    model.eval()
+    decoder = FastDecoder(model)
+    with torch.no_grad():
+        decoder.prefill([[1, 2, 3]])
+        model.train()
+        with pytest.raises(ValueError, match="training mode"):
+            decoder.step(torch.tensor([4]))
+        model.eval()
+        decoder.step(torch.tensor([4]))
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        with pytest.raises(ValueError, match="replaced"):
+            decoder.step(torch.tensor([5]))
 
 
 # -- the loops -----------------------------------------------------------------------
@@ -97,11 +190,16 @@ def test_cached_logits_equal_full_recompute_past_the_window(monkeypatch, pos_enc
     model = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32,
                             pos_encoding=pos_encoding)).eval()
     seen_logits = []
-    real = sampling.process_logits
-    monkeypatch.setattr(sampling, "process_logits", lambda logits, cfg, seen: seen_logits.append(logits.clone()) or real(logits, cfg, seen))
+    real = decoding.process_logits
+
+    def spy(logits, cfg, seen):
+        seen_logits.append(logits.clone())
+        return real(logits, cfg, seen)
+
+    monkeypatch.setattr(decoding, "process_logits", spy)
     prompt = list(range(10, 30))
     tokens = run(model, [prompt], greedy(100))[0]  # 20 + 100 tokens through a 32-token window
-    keep = sampling.window_size(model)
+    keep = decoding.window_size(model)
     context, start = prompt[:], 0
     with torch.inference_mode():
         for step, token in enumerate(tokens):

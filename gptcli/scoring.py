@@ -1,9 +1,11 @@
-"""Scoring text with a model: loss, perplexity, bits per byte and next-token accuracy over
-a sliding window, so every token is predicted with context.
+"""Scoring text with a model: loss, perplexity, bits per byte and next-token accuracy.
 
-Reads tokens from a (memory-mapped) array in batches of windows, so a large file is
-never in memory at once. Used by `gptcli eval` and by the trainer's validation, so the
-two report the same figure for the same text. Knows nothing of files or terminals.
+`score_tokens` slides windows over a (memory-mapped) token array so every token is
+predicted with context and scored once: `gptcli eval` uses it, and so does the trainer
+for a validation split small enough to score whole, so the two report the same figure
+for the same text. `score_windows` scores every target of fixed windows (the trainer's
+estimate on large splits). Both go through `_score_batch`. Knows nothing of files or
+terminals.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gptcli.device import Precision
 from gptcli.model import GPT
@@ -47,7 +50,7 @@ class Score:
                 "bits_per_byte": self.bits_per_byte, "accuracy": self.accuracy}
 
 
-def windows(n_tokens: int, block: int, stride: int) -> Iterator[tuple[int, int, int]]:
+def sliding_windows(n_tokens: int, block: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """(begin, end, first_new) for each window over n_tokens: inputs are tokens[begin:end-1],
     targets tokens[begin+1:end], and targets from index first_new on are scored (earlier
     ones were scored by a previous window and serve here as context only). Windows start
@@ -60,38 +63,54 @@ def windows(n_tokens: int, block: int, stride: int) -> Iterator[tuple[int, int, 
         scored, begin = end, begin + stride
 
 
+def _score_batch(model: GPT, xy: torch.Tensor, keep: torch.Tensor | None, lengths: torch.Tensor,
+                 precision: Precision, score: Score) -> None:
+    """Add the targets of windows xy (B, T + 1) where `keep` (B, T) is True (all if None)."""
+    x, y = xy[:, :-1], xy[:, 1:]
+    with precision.autocast():
+        logits, _ = model(x)
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view_as(y)
+    hits = logits.argmax(-1) == y
+    if keep is not None:
+        nll, hits, y = nll[keep], hits[keep], y[keep]
+    score.nats += float(nll.double().sum())
+    score.tokens += y.numel()
+    score.correct += int(hits.sum())
+    score.bytes += int(lengths[y].sum())
+
+
 def score_tokens(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, *, stride: int, batch_size: int,
                  precision: Precision, progress: Callable[[int, int], None] | None = None) -> Score:
     """Sliding-window score of a token array. Each window holds up to block_size inputs;
     consecutive windows start `stride` apart, so every scored token after the first
     window has at least block_size - stride tokens of context."""
-    block = model.config.block_size
     device = next(model.parameters()).device
     lengths = torch.as_tensor(byte_lengths, device=device)
     score = Score()
-    plan = list(windows(len(tokens), block, stride))
+    plan = list(sliding_windows(len(tokens), model.config.block_size, stride))
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(plan), batch_size):
             group = plan[i:i + batch_size]
-            # windows in a batch share a length except the last, which may be short
-            for same in _by_length(group):
-                width = same[0][1] - same[0][0]
+            for same in _by_length(group):  # windows in a batch share a length except the last
                 xy = torch.from_numpy(np.stack([tokens[b:e].astype(np.int64) for b, e, _ in same])).to(device)
-                x, y = xy[:, :-1], xy[:, 1:]
-                with precision.autocast():
-                    logits, _ = model(x)
-                nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                                        reduction="none").view(len(same), width - 1)
-                keep = torch.zeros_like(y, dtype=torch.bool)
+                keep = torch.zeros(len(same), xy.size(1) - 1, dtype=torch.bool, device=device)
                 for row, (b, _, first) in enumerate(same):
                     keep[row, first - b - 1:] = True
-                score.nats += float(nll[keep].double().sum())
-                score.tokens += int(keep.sum())
-                score.correct += int((logits.argmax(-1) == y)[keep].sum())
-                score.bytes += int(lengths[y[keep]].sum())
+                _score_batch(model, xy, keep, lengths, precision, score)
             if progress:
                 progress(group[-1][1], len(tokens))
+    return score
+
+
+def score_windows(model: GPT, windows: torch.Tensor, byte_lengths: torch.Tensor, *, batch_size: int,
+                  precision: Precision) -> Score:
+    """Every target of fixed windows (N, block_size + 1), batch_size windows at a time."""
+    device = byte_lengths.device
+    score = Score()
+    with torch.inference_mode():
+        for i in range(0, len(windows), batch_size):
+            _score_batch(model, windows[i:i + batch_size].to(device), None, byte_lengths, precision, score)
     return score
 
 

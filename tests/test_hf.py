@@ -9,14 +9,14 @@ import pickle
 import pytest
 import torch
 
-from test_cli import TINY_FLAGS, assert_clean_error, cli
+from helpers import TINY_FLAGS, assert_clean_error, cli
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from gptcli.checkpoint import load_run  # noqa: E402
 from gptcli.config import SampleConfig  # noqa: E402
-from gptcli.sampling import beam_search  # noqa: E402
+from gptcli.decoding import beam_search  # noqa: E402
 from gptcli.tokenizer import BPETokenizer  # noqa: E402
 
 SHAPES = {  # odd on purpose: width not a power of two, 3 heads, vocab not a multiple of 64
@@ -68,7 +68,8 @@ def test_import_logits_equal_hf(imported):
 def test_import_greedy_equals_hf_token_for_token(imported, monkeypatch, capsys):
     hf, tok, run = imported
     prompt = "KING RICHARD III:\nNow is the winter"
-    code, out, err = cli(monkeypatch, capsys, "generate", "-c", str(run), "-p", prompt, "-n", "110", "--greedy", "--json")
+    code, out, err = cli(monkeypatch, capsys, "generate", "-c", str(run), "-p", prompt, "-n", "110", "--greedy",
+                         "--json")
     assert code == 0, err
     record = json.loads(out)
     ids = torch.tensor([tok.encode(prompt)])
@@ -154,7 +155,7 @@ def test_export_onto_a_full_disk_is_a_clear_error_and_leaves_out_as_it_was(train
 
     from safetensors import SafetensorError
 
-    from gptcli import checkpoint as ckpt
+    from gptcli import weights
 
     (trained_run.parent / "exported").mkdir()
     (trained_run.parent / "exported" / "keep.txt").write_text("mine")
@@ -162,7 +163,7 @@ def test_export_onto_a_full_disk_is_a_clear_error_and_leaves_out_as_it_was(train
     def full(*args, **kwargs):  # what safetensors raises on a full disk
         raise SafetensorError(f"Error while serializing: I/O error: No space left on device (os error {errno.ENOSPC})")
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(weights, "save_file", full)
     code, out, err = cli(monkeypatch, capsys, "export-hf", str(trained_run), "exported", "--overwrite")
     assert_clean_error(code, out, err, expected_code=1, match="could not write exported: No space left on device")
     assert [p.name for p in (trained_run.parent / "exported").iterdir()] == ["keep.txt"]

@@ -1,6 +1,7 @@
 """Generation in token ids: pure functions over logits (repetition penalty, temperature,
-top-k, top-p) and the decoding loops over a KV cache: greedy and sampling for a
-left-padded batch, and beam search scored as HF transformers scores it.
+top-k, top-p, drawing a token), the fast one-token decoder, and the decoding loops:
+greedy and sampling for a left-padded batch, and beam search scored as HF transformers
+scores it.
 
 Knows nothing of text, stop strings or output formats; the caller decodes and decides
 when to stop listening. Every sampled row draws from its own torch.Generator.
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from gptcli.config import SampleConfig
 from gptcli.errors import RunError
-from gptcli.model import GPT, KVCache
+from gptcli.kv_cache import KVCache
+from gptcli.model import GPT
 
 WINDOW_KEEP = 0.75  # past block_size, keep this share of the context and rebuild the cache
 NEG = -1.0e9  # HF's "impossible" score in beam bookkeeping
@@ -71,8 +74,8 @@ def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor |
 def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """One token per row of probs (B, V), each row from its own generator, by inverting
     the cumulative distribution with one uniform number. (torch.multinomial draws an
-    exponential per vocabulary entry: 130 us a row at 4096 entries on this CPU, more than
-    the rest of sampling.) A token of probability zero is never drawn."""
+    exponential per vocabulary entry, which costs more than the rest of sampling: see
+    docs/benchmarks.md.) A token of probability zero is never drawn."""
     cdf = probs.double().cumsum(dim=-1)  # float64: even the least likely tokens keep their share
     total = cdf[:, -1:]
     if not bool(torch.isfinite(total).all()):
@@ -83,26 +86,90 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor
     return torch.searchsorted(cdf, x, right=True)[:, 0]  # the first token whose cdf passes x
 
 
-# -- prefill and the sliding window ----------------------------------------------------
+# -- the fast decoder ------------------------------------------------------------------
 
 
-def prefill(model: GPT, rows: list[list[int]]) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
-    """Run the prompts once, left-padded, into a fresh cache. Returns the cache, the
-    last position's logits (B, V) and each row's next position (B,)."""
-    device = model.wte.weight.device
-    T = max(len(r) for r in rows)
-    idx = torch.zeros((len(rows), T), dtype=torch.long, device=device)  # padding: any id, it is masked
-    valid = torch.zeros(len(rows), T, dtype=torch.bool, device=device)
-    for i, r in enumerate(rows):
-        idx[i, T - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
-        valid[i, T - len(r):] = True
-    cache = KVCache(model.config, len(rows), device=device, dtype=model.wte.weight.dtype)
-    positions = None
-    if not bool(valid.all()):
-        cache.mark_padding(valid)
-        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # each row counts from its first token
-    logits, _ = model(idx, kv_cache=cache, positions=positions, last_only=True)
-    return cache, logits[:, -1], valid.sum(dim=1)
+class FastDecoder:
+    """A GPT's generation engine: prefill the prompts into a KVCache it owns, then one new
+    token per row and step. `step` does Block.forward's arithmetic in fewer tensor
+    operations (no transposes, no split, one query per head) on the parameters read from a
+    flat list, not through the modules: on a CPU, module calls and attribute reads cost as
+    much as the small matrix products of a small model (docs/benchmarks.md). The tests pin
+    its logits bitwise to `model.forward` with a cache.
+
+    Built from a model in eval mode; it refuses to run once the model is put in training
+    mode or a parameter object is replaced (load_state_dict(assign=True)), since it would
+    then compute with weights the model no longer has."""
+
+    def __init__(self, model: GPT):
+        if model.training:
+            raise ValueError("the fast decoder needs the model in eval mode: call model.eval()")
+        self.model, self.cfg = model, model.config
+        self._params = [(b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight,
+                         b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias,
+                         b.mlp.c_proj.weight, b.mlp.c_proj.bias) for b in model.h]
+        self._final = (model.ln_f.weight, model.ln_f.bias, model.lm_head.weight)
+        self._owners = [(m._parameters, name, p) for m in model.modules() for name, p in m._parameters.items()]
+        self.device, self.dtype = model.wte.weight.device, model.wte.weight.dtype
+        self.cache: KVCache | None = None
+        self.next_pos: torch.Tensor | None = None  # (B,) each row's next position
+
+    def _check(self) -> None:
+        if self.model.training:
+            raise ValueError("the model was put in training mode: the fast decoder runs in eval mode only")
+        if not all(params.get(name) is p for params, name, p in self._owners):
+            raise ValueError("the model's parameters were replaced after the fast decoder was built: build a new one")
+
+    @property
+    def full(self) -> bool:
+        """Whether the context is full, so the next step needs a new prefill."""
+        return self.cache is not None and self.cache.pos >= self.cfg.block_size
+
+    def prefill(self, rows: list[list[int]]) -> torch.Tensor:
+        """Run the prompts (each 1..block_size tokens) once, left-padded, into a fresh
+        cache; returns the last position's logits (B, V)."""
+        self._check()
+        T = max(len(r) for r in rows)
+        idx = torch.zeros((len(rows), T), dtype=torch.long, device=self.device)  # padding: any id, it is masked
+        valid = torch.zeros(len(rows), T, dtype=torch.bool, device=self.device)
+        for i, r in enumerate(rows):
+            idx[i, T - len(r):] = torch.tensor(r, dtype=torch.long, device=self.device)
+            valid[i, T - len(r):] = True
+        self.cache = KVCache(self.cfg, len(rows), device=self.device, dtype=self.dtype)
+        positions = None
+        if not bool(valid.all()):
+            self.cache.mark_padding(valid)
+            positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # each row counts from its first token
+        logits, _ = self.model(idx, kv_cache=self.cache, positions=positions, last_only=True)
+        self.next_pos = valid.sum(dim=1)
+        return logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B,), one per row after the prefilled ones -> logits (B, V)."""
+        self._check()
+        cache = self.cache
+        if cache.pos >= self.cfg.block_size:
+            raise ValueError(f"sequence of {cache.pos + 1} tokens exceeds block_size {self.cfg.block_size}")
+        x = self.model.embed(tokens, self.next_pos)  # (B, n_embd)
+        mask = cache.step_mask()
+        (B, C), nh, eps, shape = x.shape, self.cfg.n_head, self.cfg.layer_norm_eps, (self.cfg.n_embd,)
+        for layer, (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, out_w, out_b) in \
+                enumerate(self._params):
+            qkv = F.linear(F.layer_norm(x, shape, ln1_w, ln1_b, eps), attn_w, attn_b).view(B, 3, nh, C // nh)
+            keys, values = cache.append(layer, qkv.select(1, 1), qkv.select(1, 2))  # (B, nh, S, hd)
+            y = F.scaled_dot_product_attention(qkv.select(1, 0).unsqueeze(2), keys, values, attn_mask=mask)
+            x = x + F.linear(y.view(B, C), proj_w, proj_b)
+            h = F.gelu(F.linear(F.layer_norm(x, shape, ln2_w, ln2_b, eps), fc_w, fc_b), approximate="tanh")
+            x = x + F.linear(h, out_w, out_b)
+        cache.advance(1)
+        self.next_pos = self.next_pos + 1
+        ln_w, ln_b, head = self._final
+        return F.linear(F.layer_norm(x, shape, ln_w, ln_b, eps), head)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
+        self.cache.reorder(rows)
+        self.next_pos = self.next_pos.index_select(0, rows)
 
 
 def window_size(model: GPT) -> int:
@@ -122,7 +189,8 @@ def decode_steps(model: GPT, prompts: list[list[int]], cfg: SampleConfig, eot_id
         return
     rows = [list(p) for p in prompts]
     B, V = len(rows), model.config.vocab_size
-    cache, logits, next_pos = prefill(model, rows)
+    decoder = FastDecoder(model)
+    logits = decoder.prefill(rows)
     seen = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.zeros(B, V, dtype=torch.bool, device=logits.device)
@@ -145,11 +213,10 @@ def decode_steps(model: GPT, prompts: list[list[int]], cfg: SampleConfig, eot_id
             return
         if seen is not None:
             seen[torch.arange(B), nxt] = True
-        if cache.pos >= model.config.block_size:  # window full: keep the recent part, rebuild
-            cache, logits, next_pos = prefill(model, [r[-window_size(model):] for r in rows])
-            continue
-        logits = model.decode_step(nxt, cache, next_pos)
-        next_pos = next_pos + 1
+        if decoder.full:  # window full: keep the recent part, rebuild
+            logits = decoder.prefill([r[-window_size(model):] for r in rows])
+        else:
+            logits = decoder.step(nxt)
 
 
 # -- beam search -------------------------------------------------------------------
@@ -177,9 +244,10 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
     K, V, lp, n = cfg.num_beams, model.config.vocab_size, cfg.length_penalty, cfg.max_new_tokens
     if n == 0:
         return [Hypothesis([], 0.0, 0.0)] * cfg.num_return
-    cache, logits, _ = prefill(model, [prompt])
+    decoder = FastDecoder(model)
+    logits = decoder.prefill([prompt])
     device = logits.device
-    cache.reorder(torch.zeros(K, dtype=torch.long, device=device))
+    decoder.reorder(torch.zeros(K, dtype=torch.long, device=device))
     logits = logits.expand(K, V)
     running = torch.zeros(K, n, dtype=torch.long, device=device)  # generated tokens, row per beam
     running_scores = torch.full((K,), NEG, device=device)
@@ -232,12 +300,12 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
             stop = stop | fin_done.all()
         if bool(stop):
             break
-        if cache.pos >= model.config.block_size:  # window full: rebuild from the kept beams' text
+        if decoder.full:  # window full: rebuild from the kept beams' text
             history = running[:, :step + 1].tolist()
-            cache, logits, _ = prefill(model, [(prompt + r)[-window_size(model):] for r in history])
+            logits = decoder.prefill([(prompt + r)[-window_size(model):] for r in history])
             continue
-        cache.reorder(rows)
-        logits = model.decode_step(nxt, cache, torch.full((K,), cache.pos, device=device))
+        decoder.reorder(rows)
+        logits = decoder.step(nxt)
     lengths, tokens = fin_len.tolist(), fin_tokens.tolist()
     return [Hypothesis(tokens[i][:lengths[i]], float(fin_scores[i]), float(fin_logprobs[i]))
             for i in range(cfg.num_return)]

@@ -16,9 +16,10 @@ resume/ and config.json naming one best step.
 
 A kill counts as "during a write" only by what it left behind, new since the round began:
 a temp file, a staged or old resume folder, a config.json older than resume/, or a cut
-metrics line. The test suite runs a short campaign; run a long one with
+metrics line. The test suite runs a short campaign (test_fault_injection.py); run a long
+one with
 
-    python benchmarks/fault_injection.py --kills 30
+    python tests/fault_injection.py --kills 30
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""`gptcli generate`, wired: pick the model, read the prompts, run the decoding loops,
-and turn ids into text (streamed without splitting a UTF-8 character, cut before stop
-strings) and into records (text or JSON lines).
+"""`gptcli generate`: pick the model, settle the decoding strategy from the flags given,
+run the decoding loops, and turn ids into text (streamed without splitting a UTF-8
+character, cut before stop strings) and into records (text or JSON lines).
 
-The loops themselves are sampling.py's; this module owns prompts, outputs and their
-order. It writes the product to the `out` stream it is given and nothing else.
+The loops are decoding.py's; this module owns prompts, outputs and their order. It
+writes the product to the sink cli.py hands in (any object with write, flush and
+isatty, such as sys.stdout) and nothing else.
 """
 
 from __future__ import annotations
@@ -14,47 +15,57 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Protocol
 
 import torch
 
 from gptcli import checkpoint as ckpt
 from gptcli.config import SampleConfig
 from gptcli.console import Console
+from gptcli.decoding import beam_search, decode_steps
 from gptcli.device import pick_device
-from gptcli.errors import UsageError
-from gptcli.sampling import beam_search, decode_steps
+from gptcli.errors import SettingError
 from gptcli.tokenizer import BPETokenizer, StreamDecoder
 
-def read_prompts(source: str, read_stdin: Callable[[], str]) -> list[str]:
-    """One prompt per line, or JSON lines with a "prompt" field (when every non-blank
-    line starts with '{')."""
-    if source == "-":
-        text = read_stdin()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(f"--prompts {source}: no such file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UsageError(f"--prompts {source} is not UTF-8 text") from None
-    lines = text.splitlines()
-    if lines and all(line.lstrip().startswith("{") for line in lines if line.strip()):
-        prompts = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise UsageError(f"--prompts {source} line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise UsageError(f"--prompts {source} line {n}: needs a string \"prompt\" field")
-            prompts.append(record["prompt"])
-        return prompts
-    return lines
 
+class Sink(Protocol):
+    """Where the product goes: sys.stdout in the CLI, a recorder in tests."""
+
+    def write(self, text: str) -> object: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
+
+
+def sample_config(given: dict, greedy: bool = False) -> SampleConfig:
+    """The strategy the user's settings ask for, refusing contradictions instead of
+    silently ignoring a setting. `given` holds only the SampleConfig fields that were set."""
+    given = dict(given)
+    beams = given.get("num_beams", 1)
+    greedy = greedy or given.get("temperature") == 0
+    sampling = [f for f in ("temperature", "top_k", "top_p", "num_samples") if f in given]
+    beam_only = [f for f in ("length_penalty", "early_stopping", "num_return") if f in given]
+    if beams > 1:
+        if greedy or sampling:
+            culprit = "greedy" if greedy and "temperature" not in given else sampling[0]
+            raise SettingError(f"{{}} {beams} searches, it does not sample: drop {{}}", "num_beams", culprit)
+        strategy = "beam"
+    else:
+        if beam_only:
+            raise SettingError("{} only applies to beam search: add {} N (N > 1)", beam_only[0], "num_beams")
+        if greedy:
+            extra = [f for f in sampling if f != "temperature" and not (f == "num_samples" and given[f] == 1)]
+            if extra or ("temperature" in given and given["temperature"] != 0):
+                raise SettingError("greedy decoding takes the most likely token: {} does not apply",
+                                   extra[0] if extra else "temperature")
+            given.pop("temperature", None)
+            strategy = "greedy"
+        else:
+            strategy = "sample"
+            if "top_k" in given and "top_p" not in given:
+                given["top_p"] = None  # an explicit --top-k replaces the default nucleus
+    return SampleConfig(strategy=strategy, **given).validate()
 
 class StopCutter:
     """Cuts text before the first stop string, holding back only as much as could still
@@ -96,6 +107,19 @@ class Output:
     logprob: float = 0.0
     finish_reason: str | None = None  # eos | length | stop
     score: float | None = None  # beam search: the length-penalized score
+    tokens_per_second: float = 0.0  # of the batch (or beam search) that made it
+
+    def record(self, cfg: SampleConfig) -> dict:
+        """The --json record."""
+        record = {"prompt": self.prompt, "text": self.text, "token_ids": self.token_ids,
+                  "finish_reason": self.finish_reason, "logprob": self.logprob, **strategy_fields(cfg),
+                  "seed": cfg.seed if cfg.strategy == "sample" else None,
+                  "tokens_per_second": round(self.tokens_per_second, 2)}
+        if cfg.strategy == "beam":
+            record.update(rank=self.sample, score=self.score)
+        elif cfg.num_samples > 1:
+            record["sample"] = self.sample
+        return record
 
     def take(self, token: int, logprob: float, eot_id: int) -> str:
         """Consume one token; return the text that is now safe to show."""
@@ -134,13 +158,27 @@ def sample_seed(seed: int, prompt: str, sample: int) -> int:
 
 @dataclass
 class GenerateRequest:
-    checkpoint: Path | None
+    checkpoint: Path | None  # None: the newest run, else the shipped model
     prompts: list[str]
     sample: SampleConfig
-    batch_size: int = 8
+    batch_size: int = 8  # outputs generated together
     stream: bool = True  # write text as it is produced (single output only)
     json_lines: bool = False
     device: str = "auto"
+
+
+@dataclass
+class GenerateResult:
+    """What was generated; the sink already holds it as text or JSON lines."""
+
+    outputs: list[Output]
+    sample: SampleConfig
+
+    def to_json(self) -> list[dict]:
+        return [o.record(self.sample) for o in self.outputs]
+
+    def to_text(self) -> str:
+        return "".join(o.text for o in self.outputs)
 
 
 def escape_line(text: str) -> str:
@@ -148,7 +186,7 @@ def escape_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def generate(req: GenerateRequest, out: TextIO, console: Console) -> list[Output]:
+def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
     """Generate every output of the request, writing the product to `out` in input order."""
     run = ckpt.resolve_run(req.checkpoint, console.info)
     model, tok, _ = ckpt.load_run(run, pick_device(req.device))
@@ -164,7 +202,7 @@ def generate(req: GenerateRequest, out: TextIO, console: Console) -> list[Output
         run_outputs = _beam_outputs if req.sample.strategy == "beam" else _sampled_outputs
         results = run_outputs(model, tok, encoded, req, out)
     out.flush()
-    return results
+    return GenerateResult(results, req.sample)
 
 
 def _is_single(req: GenerateRequest) -> bool:
@@ -172,7 +210,7 @@ def _is_single(req: GenerateRequest) -> bool:
     return len(req.prompts) * (cfg.num_return if cfg.strategy == "beam" else cfg.num_samples) == 1
 
 
-def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest, out: TextIO) -> list[Output]:
+def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest, out: Sink) -> list[Output]:
     """Beam search, one prompt at a time; results print when each search ends."""
     results = []
     for i, ids in enumerate(encoded):
@@ -187,14 +225,14 @@ def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: Gener
                 o.take(t, 0.0, tok.eot_id)
             if not o.finish_reason:
                 o.close()
-            o.logprob, o.score = h.logprob, h.score
+            o.logprob, o.score, o.tokens_per_second = h.logprob, h.score, rate
             results.append(o)
-            _emit(o, out, req, rate, streamed=False)
+            _emit(o, out, req, streamed=False)
     return results
 
 
 def _sampled_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest,
-                     out: TextIO) -> list[Output]:
+                     out: Sink) -> list[Output]:
     """Greedy or sampled outputs, `batch_size` at a time; a single output streams."""
     cfg, device = req.sample, model.wte.weight.device
     streaming = _is_single(req) and req.stream and not req.json_lines
@@ -223,8 +261,9 @@ def _sampled_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: Ge
                 rest = o.close()
                 if streaming and rest:
                     out.write(rest)
+            o.tokens_per_second = rate
             results.append(o)
-            _emit(o, out, req, rate, streamed=streaming)
+            _emit(o, out, req, streamed=streaming)
     return results
 
 
@@ -232,17 +271,9 @@ def _new_output(i: int, prompt: str, sample: int, tok: BPETokenizer, cfg: Sample
     return Output(i, prompt, sample, tok.stream_decoder(), StopCutter(cfg.stop))
 
 
-def _emit(o: Output, out: TextIO, req: GenerateRequest, rate: float, streamed: bool) -> None:
-    cfg = req.sample
+def _emit(o: Output, out: Sink, req: GenerateRequest, streamed: bool) -> None:
     if req.json_lines:
-        record = {"prompt": o.prompt, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
-                  "logprob": o.logprob, **strategy_fields(cfg), "seed": cfg.seed if cfg.strategy == "sample" else None,
-                  "tokens_per_second": round(rate, 2)}
-        if cfg.strategy == "beam":
-            record.update(rank=o.sample, score=o.score)
-        elif cfg.num_samples > 1:
-            record["sample"] = o.sample
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(json.dumps(o.record(req.sample), ensure_ascii=False) + "\n")
     elif _is_single(req):
         if not streamed:
             out.write(o.text)

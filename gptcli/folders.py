@@ -1,0 +1,79 @@
+"""Output folders: checked before any work starts, built beside the target, swapped in.
+
+`check_out` refuses a target that a command must not write (a file, a non-empty folder
+without --overwrite, a folder of another kind, one another process is writing, an
+unwritable parent) before anything is created. `staged` builds the new folder under a
+temporary name beside the target and renames it into place only when every file is
+written, so a reader sees the old folder or the new one, never half of one. Knows nothing
+of what the folders hold: the caller says what its kind is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from gptcli import atomic
+from gptcli.errors import RunError, UsageError
+
+
+def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Callable[[Path], bool],
+              writer: Callable[[Path], int | None] = lambda _: None, hint: str = "") -> None:
+    """Refuse a bad output folder; nothing is created. `label` names it in messages (e.g.
+    "--out run"), `is_kind` says whether an existing folder may be replaced, `writer`
+    gives the pid of a process writing it, and `hint` ends the not-empty message."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{label} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{label} is not empty: pass --overwrite to replace it{hint}")
+        if not is_kind(out):
+            raise UsageError(f"refusing to --overwrite {out}: it is not {kind}")
+        if (owner := writer(out)) is not None:
+            raise UsageError(f"refusing to --overwrite {out}: gptcli process {owner} is writing to it")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot create {label}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {label}: permission denied on {parent}")
+
+
+@contextlib.contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `target`. When the block ends without an error, it
+    replaces `target` (a crash between the two renames leaves the old one as
+    `<name>.old`); on an error it is removed and `target` is as it was. A failed write is a
+    RunError naming the file under `target`, not the temporary folder."""
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+        stage.chmod(0o777 & ~atomic.umask())
+    except OSError as e:
+        raise UsageError(f"cannot write to {parent}: {e.strerror or e}") from None
+    try:
+        yield stage
+        old = parent / f"{target.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        stage.rename(target)
+        atomic.fsync_dir(parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise RunError(f"could not write {target}: {e.strerror or e}") from None
+    except RunError as e:  # a failed write inside: name the file users know
+        raise RunError(str(e).replace(str(stage), str(target))) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def previous(target: Path) -> Path:
+    """Where `staged` keeps the old folder between its two renames."""
+    return target.parent / f"{target.name}.old"

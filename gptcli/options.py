@@ -1,0 +1,104 @@
+"""Typer options made from the settings' definitions in config.py.
+
+Each setting's flag, help text, default and range are written once, in its dataclass
+field; `settings_options` turns them into options of a Typer command, so `--help`,
+docs/cli.md and the checks agree by construction. `flag` names a setting as the user
+types it, for messages. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from typing import Annotated, Optional
+
+import typer
+
+from gptcli.config import PRESETS, ModelConfig, SampleConfig, Spec, TrainConfig, allowed, specs
+
+SETTINGS = (ModelConfig, TrainConfig, SampleConfig)
+
+
+def flag(setting: str) -> str:
+    """`n_embd` -> `--n-embd`; `num_beams` -> `--beams` (the option a setting is given by)."""
+    for cls in SETTINGS:
+        if setting in specs(cls) and specs(cls)[setting][1].flag:
+            return specs(cls)[setting][1].flag.split("/")[0]
+    return "--" + setting.replace("_", "-")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _base(kind: object) -> object:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(kind) else kind
+
+
+def help_text(cls: type, name: str) -> str:
+    """The setting's help, its default (per preset where presets set it) and its range."""
+    kind, spec = specs(cls)[name]
+    base = _base(kind)
+    per_preset = [(p, v[section][name]) for p, v in PRESETS.items() for section in ("model", "train")
+                  if name in v[section]]
+    if per_preset:
+        default = "preset: " + ", ".join(f"{p} {_fmt(v)}" for p, v in per_preset)
+    elif spec.default_text is not None:
+        default = f"default: {spec.default_text}"
+    else:
+        value = cls.__dataclass_fields__[name].default
+        default = f"default: {_fmt(value)}" if value not in (None, ()) else ""
+    limits = ""  # choices show in the metavar; a duration's range is in seconds, not what users type
+    if base in (int, float) and spec.parse is None and (spec.low is not None or spec.high is not None):
+        limits = f"; {allowed(spec, base is int)}"
+    tail = f"[{default}{limits}]" if default else f"[{limits[2:]}]" if limits else ""
+    return f"{spec.help} {tail}".strip()
+
+
+def _option(cls: type, name: str, kind: object, spec: Spec) -> object:
+    base = _base(kind)
+    decls = [spec.flag or "--" + name.replace("_", "-")] + ([spec.short] if spec.short else [])
+    if spec.parse is not None:
+        base = str
+    elif typing.get_origin(base) is tuple:
+        base = list[str]
+    metavar = spec.metavar or ("[" + "|".join(spec.choices) + "]" if spec.choices else None)
+    info = typer.Option(*decls, help=help_text(cls, name), show_default=False, metavar=metavar)
+    return Annotated[Optional[base], info]  # noqa: UP045 (typer reads the annotation at run time)
+
+
+def settings_options(*classes: type, only: tuple[str, ...] = (), last: tuple[str, ...] = ("json_out", "quiet")):
+    """Decorator: one option per setting of `classes` that has a flag (or only those named
+    in `only`), listed after the command's own parameters but before those named in
+    `last`. The command receives `settings`, a dict of the settings the user gave, parsed
+    (durations) and typed."""
+    chosen = [(cls, name, kind, spec) for cls in classes for name, (kind, spec) in specs(cls).items()
+              if spec.flag != "" and (not only or name in only)]
+
+    def decorate(func):
+        sig = inspect.signature(func, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values() if p.name != "settings"]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation=_option(cls, name, kind, spec)) for cls, name, kind, spec in chosen]
+        at = next((i for i, p in enumerate(own) if p.name in last), len(own))
+
+        @functools.wraps(func)
+        def command(**kwargs):
+            settings = {}
+            for _, name, _, spec in chosen:
+                value = kwargs.pop(name)
+                if value is not None:
+                    settings[name] = spec.parse(value) if spec.parse else tuple(value) if isinstance(value, list) \
+                        else value
+            return func(**kwargs, settings=settings)
+
+        command.__signature__ = sig.replace(parameters=own[:at] + extra + own[at:])
+        return command
+
+    return decorate

@@ -1,0 +1,120 @@
+"""Weights on disk: safetensors files written atomically, read without unpickling, and
+checked against the model a config describes before they are used.
+
+The tied lm_head is stored once (as wte.weight) and re-tied on load. Knows nothing of
+run folders or Hugging Face names (checkpoint.py and hf_weights.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from gptcli import atomic
+from gptcli.errors import UsageError, first_line
+from gptcli.model import GPT
+
+TIED = "lm_head.weight"  # the same tensor as wte.weight; stored once
+
+
+def weights_dict(model: GPT) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, with its I/O failures (a full disk, a file-size limit) raised
+    as the OSError they are: the library reports them as SafetensorError("... (os error 28)"),
+    which the callers' one error path for failed writes would otherwise miss."""
+    try:
+        # One metadata key only: safetensors writes the map in no fixed order, and the
+        # same weights should give the same bytes.
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+
+
+def save_weights(path: Path, model: GPT) -> None:
+    with atomic.atomic_path(path) as tmp:
+        save_tensors(weights_dict(model), tmp)
+
+
+def is_pickle(path: Path) -> bool:
+    """True for a pickle (protocol 2+) or torch's zip format. A safetensors file starts
+    with its header length (8 bytes, any value) and then '{', so check that first."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return False
+    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, with a clear error for anything else."""
+    if not path.is_file():
+        raise UsageError(f"missing {path.name} in {path.parent}")
+    if is_pickle(path):
+        raise UsageError(f"{path} is a pickle (PyTorch .bin/.pt), not safetensors: gptcli never unpickles files")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # SafetensorError, OSError, a truncated file
+        raise UsageError(f"{path} is not a valid safetensors file ({first_line(e)})") from None
+
+
+def check_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: Path, against: str = "config.json") -> None:
+    """Names, shapes and dtypes of `tensors` against the model its config describes, and
+    that every value is finite."""
+    expected = {k: v for k, v in model.state_dict().items() if k != TIED}
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
+                ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
+        raise UsageError(f"{path} does not match {against}: {'; '.join(parts)}")
+    for name, want in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise UsageError(f"{path} does not match {against}: {name} has shape {tuple(got.shape)}, "
+                             f"{against} implies {tuple(want.shape)}")
+        if not got.is_floating_point():
+            raise UsageError(f"{path}: {name} has dtype {got.dtype}, expected a float type")
+        if not bool(torch.isfinite(got).all()):  # a diverged or damaged model: generation would print garbage
+            raise UsageError(f"{path}: {name} holds NaN or infinite values")
+
+
+def load_state(model: GPT, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy checked tensors into the model (as float32) and keep lm_head tied."""
+    model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=False)
+    model.lm_head.weight = model.wte.weight
+
+
+def load_weights(model: GPT, path: Path, against: str = "config.json") -> None:
+    """Read, check against the model built from the config, and load."""
+    tensors = read_tensors(path)
+    check_tensors(model, tensors, path, against)
+    load_state(model, tensors)
+
+
+def count_params(path: Path) -> int:
+    """Parameters stored in a safetensors file, read from its header alone."""
+    if is_pickle(path):
+        raise UsageError(f"{path} is a pickle, not safetensors: gptcli never unpickles files")
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        total = 0
+        for name, meta in header.items():
+            if name != "__metadata__":
+                total += int(torch.Size(meta["shape"]).numel())
+        return total
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        raise UsageError(f"{path} is not a valid safetensors file") from None

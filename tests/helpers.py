@@ -1,0 +1,51 @@
+"""Helpers the test modules share: run gptcli as users do (in-process through its real
+entry point, or as a subprocess) and check what a bad input must look like."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptcli.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO / "gptcli" / "assets" / "tinyshakespeare.txt"
+
+# A model small enough that a CLI training run takes a second or two.
+TINY_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
+              "--batch-size", "4", "--eval-iters", "2", "--log-interval", "1", "--vocab-size", "300"]
+
+
+def cli(monkeypatch, capsys, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """gptcli's real entry point, in-process: returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["gptcli", *args])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def run_gptcli(*args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real command, in a subprocess, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "gptcli", *args], input=input, capture_output=True,
+                          cwd=cwd, timeout=timeout, env=full_env)
+
+
+def assert_clean_error(code, out, err, expected_code=2, match=None):
+    """One `error: ...` line, last on stderr (progress notes may precede it), nothing on
+    stdout, no traceback, and the expected exit code."""
+    assert code == expected_code, err
+    assert "Traceback" not in err and out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
+    if match:
+        assert match in errors[0], errors[0]
