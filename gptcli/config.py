@@ -123,8 +123,8 @@ def check(cfg: Any) -> None:
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = setting(DEFAULT_VOCAB, "Vocabulary size of a newly trained tokenizer, the 256 bytes and "
-                              "<|endoftext|> included (the model's is its tokenizer's).", low=MIN_VOCAB)
+    vocab_size: int = setting(DEFAULT_VOCAB, "Tokens in a newly trained tokenizer, the 256 bytes and <|endoftext|> "
+                              "included.", low=MIN_VOCAB)
     block_size: int = setting(256, "Context length in tokens.", low=1, high=2**17)
     n_layer: int = setting(4, "Transformer blocks.", low=1, high=1024)
     n_head: int = setting(4, "Attention heads.", low=1, high=1024)
