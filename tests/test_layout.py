@@ -4,9 +4,9 @@ short, and the stages never import the commands above them."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from gptcli.clidoc import render
+
 from helpers import REPO
 
 PACKAGE = REPO / "gptcli"
