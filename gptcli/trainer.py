@@ -18,7 +18,7 @@ import torch
 from gptcli.config import TrainConfig
 from gptcli.data import BatchSampler, Split, spread_windows
 from gptcli.device import Precision
-from gptcli.errors import RunError
+from gptcli.errors import RunError, first_line
 from gptcli.model import GPT
 from gptcli.scoring import score_tokens, score_windows
 
@@ -187,7 +187,7 @@ class Trainer:
                 compiled(x, x)
             self._step_model = compiled
         except Exception as e:  # compilers fail in many ways; eager always works
-            warn(f"--compile failed, training without it ({str(e).strip().splitlines()[0][:200]})")
+            warn(f"--compile failed, training without it ({first_line(e)[:200]})")
             self._step_model = self.model
 
     # -- evaluation -----------------------------------------------------------------

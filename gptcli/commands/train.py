@@ -18,7 +18,7 @@ from pathlib import Path
 from gptcli import atomic, folders, workspace
 from gptcli import checkpoint as ckpt
 from gptcli.commands import inputs
-from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, from_dict, preset
+from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, from_dict, preset, to_dict
 from gptcli.console import Console, format_duration
 from gptcli.data import Split, check_fits, check_val_fraction, collect_documents, iter_documents_text, split_train_val
 from gptcli.device import dist_info, pick_device, pick_precision, rng_state, seed_everything, set_rng_state
@@ -319,7 +319,7 @@ def run(req: TrainRequest, console: Console) -> TrainResult:
             "preset": req.preset or DEFAULT_PRESET, "corpus": [d.name for d in docs], "val_paths": list(plan.val_paths),
             "val_fraction": None if plan.val_paths else plan.val_fraction, "init": str(req.init) if req.init else None,
         }
-        summary.update({"config": dataclasses.asdict(train_cfg), "device": device.type, "dtype": precision.name,
+        summary.update({"config": to_dict(train_cfg), "device": device.type, "dtype": precision.name,
                         "params": model.num_params(), "train_tokens": len(train_split.tokens),
                         "val_tokens": len(val_split.tokens), "val_bytes": val_split.n_bytes})
         console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, "
