@@ -29,7 +29,8 @@ from gptcli.tokenizer import BPETokenizer
 tok = BPETokenizer.load(sys.argv[2])
 t0 = time.perf_counter()
 if sys.argv[1] == "gptcli":
-    from gptcli.data import collect_documents, tokenize_to_cache
+    from gptcli.corpus import collect_documents
+from gptcli.data import tokenize_to_cache
     docs = collect_documents([sys.argv[3]], print)
     tf, _ = tokenize_to_cache(docs, tok, cache_dir=Path(sys.argv[4]))
     n = tf.n_tokens

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from gptcli.errors import RunError, UsageError
 
+TEMP_SUFFIX = ".tmp"
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
@@ -42,7 +44,7 @@ def atomic_path(target: Path | str):
     folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
         os.close(fd)
     except PermissionError:
         raise UsageError(f"cannot write to {folder}: permission denied") from None
@@ -71,3 +73,20 @@ def write_bytes(target: Path | str, data: bytes) -> None:
 
 def write_text(target: Path | str, text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
+
+
+def remove_stale(folder: Path) -> None:
+    """Remove the temp files of writers that were killed: their names carry the writer's
+    pid, and a pid that is no longer running will never finish its write."""
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
+        parts = path.name.split(".")  # "", target name..., pid, random, "tmp"
+        if len(parts) < 5 or not parts[-3].isdigit():
+            continue
+        pid = int(parts[-3])
+        try:
+            if pid != os.getpid():
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, someone else's

@@ -23,17 +23,39 @@ from pathlib import Path
 import torch
 
 from gptcli import atomic, folders, workspace
+from gptcli.budget import check_model
 from gptcli.config import ModelConfig, from_dict, to_dict
-from gptcli.errors import UsageError
+from gptcli.errors import UsageError, first_line
 from gptcli.model import GPT
+from gptcli.readers import expect, read_json, read_jsonl
 from gptcli.tokenizer import BPETokenizer
 from gptcli.weights import load_weights, read_tensors, save_tensors, save_weights
 from gptcli.workspace import TOKENIZER_FILE
 
-FORMAT = "gptcli-run"
+FORMAT = workspace.RUN_FORMAT
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, METRICS, RESUME = "config.json", "model.safetensors", "metrics.jsonl", "resume"
 OPTIMIZER, TRAINER_STATE = "optimizer.safetensors", "trainer_state.json"
+RESUME_OLD = "resume.old"  # where a swap keeps the last resume/ between its two renames
+
+# What readers of config.json rely on; `model` and `training.config` are checked field by
+# field against their settings (config.from_dict).
+CONFIG_SCHEMA = {
+    "format": str, "format_version": int, "model": dict,
+    "tokenizer?": {"vocab_size?": int, "eot_id?": int, "sha256?": str},
+    "training?": {"steps?": int, "tokens_seen?": int, "elapsed_sec?": float, "device?": str, "dtype?": str,
+                  "preset?": str, "corpus?": [str], "corpus_digests?": [str], "val_paths?": [str],
+                  "val_fraction?": (float, None), "init?": (str, None), "config?": dict, "params?": int,
+                  "best_step?": (int, None), "best_val_loss?": (float, None), "best_val_bpb?": float,
+                  "schedule_steps?": (int, None), "last_eval?": dict, "stop_reason?": str, "imported_from?": str},
+}
+TRAINER_STATE_SCHEMA = {
+    "trainer": {"step": int, "tokens_seen": int, "elapsed": float, "total_steps": (int, None),
+                "best_val_loss": (float, None), "best_step": (int, None), "evals_since_best": int, "last_eval": dict},
+    "sampler": {"bit_generator": str, "state": {"state": int, "inc": int}, "has_uint32": int, "uinteger": int},
+    "rng": {"python": list, "numpy": dict, "torch": str},
+    "optimizer_groups": [dict],
+}
 
 
 # -- config ------------------------------------------------------------------------
@@ -45,14 +67,6 @@ def write_config(run: Path, model_cfg: ModelConfig, tok: BPETokenizer, training:
     atomic.write_text(run / CONFIG, json.dumps(doc, indent=2) + "\n")
 
 
-def read_json(path: Path) -> object:
-    """A JSON file someone may have edited or cut short: a clear error, not a traceback."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path} is not valid JSON ({e})") from None
-
-
 def read_config(run: Path) -> dict:
     path = run / CONFIG
     if not run.is_dir():
@@ -60,15 +74,19 @@ def read_config(run: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{run} is not a gptcli run folder (no {CONFIG})")
     doc = read_json(path)
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("model"), dict):
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UsageError(f"{path} is not a gptcli run config")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
+    expect(doc, CONFIG_SCHEMA, str(path))
+    if doc["format_version"] > FORMAT_VERSION:
         raise UsageError(f"{run} was written by a newer gptcli (format {doc['format_version']}); upgrade gptcli")
     return doc
 
 
 def model_config(doc: dict, run: Path) -> ModelConfig:
-    return from_dict(ModelConfig, doc["model"], f"{run / CONFIG} model section")
+    """The model section, checked field by field and against this machine's memory."""
+    cfg = from_dict(ModelConfig, doc["model"], f"{run / CONFIG} model section")
+    check_model(cfg, f"the model of {run}")
+    return cfg
 
 
 def is_run(run: Path) -> bool:
@@ -132,7 +150,7 @@ def save_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer, state: 
     tensors = {f"{idx}.{name}": t.detach().contiguous().cpu()
                for idx, slots in opt["state"].items() for name, t in slots.items()}
     state = {**state, "optimizer_groups": opt["param_groups"]}
-    with folders.staged(run / RESUME) as stage:
+    with folders.staged(run / RESUME, old=run / RESUME_OLD) as stage:
         save_weights(stage / WEIGHTS, model)
         with atomic.atomic_path(stage / OPTIMIZER) as tmp:
             save_tensors(tensors, tmp)
@@ -149,7 +167,7 @@ def clean_stale(run: Path) -> None:
 
 def resume_dir(run: Path) -> Path:
     """resume/, or the old one if a crash fell between the two renames of a swap."""
-    for folder in (run / RESUME, folders.previous(run / RESUME)):
+    for folder in (run / RESUME, run / RESUME_OLD):
         if (folder / TRAINER_STATE).is_file():
             return folder
     raise UsageError(f"{run} has no resume state (no {RESUME}/{TRAINER_STATE}): it cannot be resumed")
@@ -167,22 +185,28 @@ def restore_best(run: Path) -> bool:
     return True
 
 
+def read_trainer_state(run: Path) -> dict:
+    path = resume_dir(run) / TRAINER_STATE
+    state = read_json(path)
+    expect(state, TRAINER_STATE_SCHEMA, str(path))
+    return state
+
+
 def load_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
     folder = resume_dir(run)
-    try:
-        state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{folder / TRAINER_STATE} is unreadable ({e})") from None
+    state = read_trainer_state(run)
     load_weights(model, folder / WEIGHTS)
     tensors = read_tensors(folder / OPTIMIZER)
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        idx, name = key.split(".", 1)
+        idx, _, name = key.partition(".")
+        if not idx.isdigit() or not name:
+            raise UsageError(f"{folder / OPTIMIZER} holds an unexpected tensor {key!r}")
         slots.setdefault(int(idx), {})[name] = t
     try:
         optimizer.load_state_dict({"state": slots, "param_groups": state.pop("optimizer_groups")})
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise UsageError(f"{folder} optimizer state does not fit the model ({e})") from None
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+        raise UsageError(f"{folder} optimizer state does not fit the model ({first_line(e)})") from None
     return state
 
 
@@ -195,13 +219,9 @@ def append_metrics(run: Path, record: dict) -> None:
 
 
 def read_metrics(run: Path) -> list[dict]:
-    """Records of metrics.jsonl; a line cut short by a crash is skipped."""
-    out = []
+    """Records of metrics.jsonl; only a last line cut short by a crash is dropped."""
     path = run / METRICS
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+    records = read_jsonl(path) if path.is_file() else []
+    for n, record in enumerate(records, 1):
+        expect(record, {"type": str, "step": int}, f"{path} line {n}")
+    return records

@@ -1,41 +1,47 @@
 """The `gptcli` command: flags -> request -> commands.X.run(request) -> print the result.
 
-stdout carries only the product (ids, text, JSON); everything else goes to stderr. Exit
-codes: 0 ok, 1 runtime failure, 2 bad input, 130/143 interrupted. The settings' options
-come from their definitions in config.py (options.py); the rest are defined here, once.
-Heavy modules (torch, tokenizers) are imported inside command bodies so `gptcli --help`
-stays fast.
+stdout carries only the product (ids, text, JSON); everything else goes to stderr; how
+errors become one line and an exit code is entry.py's. The settings' options come from
+their definitions in config.py (options.py); the rest are defined here, once. Heavy
+modules (torch, tokenizers) are imported inside command bodies so `gptcli --help` stays
+fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from gptcli import workspace
-from gptcli.config import DEFAULT_PRESET, PRESETS, ModelConfig, SampleConfig, TrainConfig
-from gptcli.errors import GptcliError, SettingError, UsageError
-from gptcli.options import flag, settings_options
+from gptcli import entry, workspace
+from gptcli.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    EvalOptions,
+    GenerateOptions,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    pick,
+)
+from gptcli.entry import stdout_wanted, writing_stdout
+from gptcli.errors import UsageError
+from gptcli.options import settings_options
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 tokenizer_app = typer.Typer(help="Train, and use, a byte-level BPE tokenizer.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 
-_state = {"debug": False}
 
 Checkpoint = Annotated[Optional[Path], typer.Option(
     "--checkpoint", "-c", help="Run folder [default: the newest under ./checkpoints/, else the shipped model].",
     show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT of the same kind.")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
     "--tokenizer", help="tokenizer.json, its folder, or a run folder [default: ./tokenizer/].", show_default=False)]
 
@@ -54,7 +60,7 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    entry.state["debug"] = debug
 
 
 def _console(quiet: bool = False):
@@ -65,20 +71,9 @@ def _console(quiet: bool = False):
 
 def _print(result, as_json: bool, indent: int | None = None) -> None:
     """The product, on stdout: a result's JSON or its text."""
-    with _stdout_reader_may_leave():
-        print(json.dumps(result.to_json(), indent=indent) if as_json else result.to_text(), flush=True)
-
-
-@contextlib.contextmanager
-def _stdout_reader_may_leave():
-    """`gptcli ... | head` closes the pipe early: that is the reader's choice, not an
-    error. Stop quietly with exit 0 (click's own handling would exit 1)."""
-    try:
-        yield
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit cannot fail again
-        raise typer.Exit(0) from None
+    with writing_stdout():
+        print(json.dumps(result.to_json(), indent=indent, ensure_ascii=False) if as_json else result.to_text(),
+              flush=True)
 
 
 # -- train -------------------------------------------------------------------------
@@ -96,14 +91,15 @@ def train(
     init: Annotated[Optional[Path], typer.Option(
         help="Start from this run folder's weights and tokenizer (fine-tune), with a fresh optimizer.",
         show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder at --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing run folder at --out (the old one stays until the new run ends).")] = False,
     tokenizer: Annotated[Optional[Path], typer.Option(
         help="tokenizer.json (or its folder) to use [default: ./tokenizer/, trained there if missing].",
         show_default=False)] = None,
     val: Annotated[Optional[list[str]], typer.Option(
         help="Validation text (files/folders); default: the end of the corpus.", show_default=False)] = None,
-    val_fraction: Annotated[float, typer.Option(
-        help="Fraction of the corpus tokens, taken from the end, held out for validation.")] = 0.1,
+    allow_corpus_change: Annotated[bool, typer.Option(
+        "--allow-corpus-change", help="With --resume: continue although the corpus differs from the run's.")] = False,
     preset: Annotated[Optional[str], typer.Option(
         help=f"Model shape and training defaults: {', '.join(PRESETS)} [default: {DEFAULT_PRESET}].",
         show_default=False)] = None,
@@ -114,11 +110,13 @@ def train(
     """Train a GPT on text files: tokenizer, token cache, model and run folder in one go."""
     from gptcli.commands import train as command
 
+    if json_out:
+        stdout_wanted()
     console = _console(quiet)
     result = command.run(command.TrainRequest(
         paths=list(paths or []), preset=preset, settings=settings, out=out, resume=resume, init=init,
-        overwrite=overwrite, tokenizer=tokenizer, val=list(val or []),
-        val_fraction=val_fraction), console)
+        overwrite=overwrite, tokenizer=tokenizer, val=list(val or []), allow_corpus_change=allow_corpus_change),
+        console)
     console.info(result.to_text())
     if json_out:
         _print(result, as_json=True)
@@ -130,7 +128,7 @@ def train(
 
 
 @app.command()
-@settings_options(SampleConfig)
+@settings_options(SampleConfig, GenerateOptions)
 def generate(
     checkpoint: Checkpoint = None,
     prompt: Annotated[Optional[str], typer.Option(
@@ -141,28 +139,30 @@ def generate(
         show_default=False)] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token (--temperature 0).")
                       ] = False,
-    batch_size: Annotated[int, typer.Option(help="Outputs generated together from --prompts.", min=1, max=2**16)] = 8,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Print the text at the end, not as it comes.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON record per output on stdout.")] = False,
-    device: Device = "auto",
     settings: dict | None = None,
 ) -> None:
     """Generate text from a trained model. stdout carries only the generated text (or JSON)."""
     from gptcli.commands import generate as command
-    from gptcli.commands.inputs import read_prompts, read_stdin_text, stdin_is_piped
+    from gptcli.commands.inputs import check_text, read_prompts, read_stdin_text, stdin_is_piped
 
+    stdout_wanted()
     if prompt is not None and prompts is not None:
         raise UsageError("--prompt and --prompts are exclusive: give one")
-    sample = command.sample_config({"seed": command.random_seed(), **settings}, greedy=greedy)
+    sample = command.sample_config({"seed": command.random_seed(), **pick(SampleConfig, settings)}, greedy=greedy)
+    options = GenerateOptions(**pick(GenerateOptions, settings)).validate()
     if prompts is not None:
         texts = read_prompts(prompts)
     elif prompt == "-" or (prompt is None and stdin_is_piped()):
         texts = [read_stdin_text()]
     else:
-        texts = [prompt or ""]
-    req = command.GenerateRequest(checkpoint=checkpoint, prompts=texts, sample=sample, batch_size=batch_size,
-                                  stream=not no_stream, json_lines=json_out, device=device)
-    with _stdout_reader_may_leave():
+        texts = [check_text(prompt or "", "--prompt")]
+    for stop in sample.stop:
+        check_text(stop, "--stop")
+    req = command.GenerateRequest(checkpoint=checkpoint, prompts=texts, sample=sample, batch_size=options.batch_size,
+                                  stream=not no_stream, json_lines=json_out, device=options.device)
+    with writing_stdout():
         command.run(req, sys.stdout, _console())
 
 
@@ -170,19 +170,19 @@ def generate(
 
 
 @app.command("eval")
+@settings_options(EvalOptions)
 def eval_cmd(
     paths: Annotated[list[str], typer.Argument(help="Text files, folders or - for stdin.")],
     checkpoint: Checkpoint = None,
-    stride: Annotated[Optional[int], typer.Option(
-        help="Tokens between window starts [default: half the context].", min=1, show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.", min=1, max=2**16)] = 8,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
-    device: Device = "auto",
+    settings: dict | None = None,
 ) -> None:
     """Score text with a model: tokens, loss, perplexity, bits per byte, next-token accuracy."""
     from gptcli.commands import eval as command
 
-    result = command.run(command.EvalRequest(paths, checkpoint, stride, batch_size, device), _console())
+    stdout_wanted()
+    options = EvalOptions(**settings).validate()
+    result = command.run(command.EvalRequest(paths, checkpoint, options), _console())
     _print(result, json_out)
 
 
@@ -200,6 +200,8 @@ def import_hf(
     """Import a local Hugging Face GPT-2 checkpoint as a gptcli run folder (never unpickles)."""
     from gptcli.commands import hf
 
+    if json_out:
+        stdout_wanted()
     result = hf.import_hf(hf.HFRequest(src, out, overwrite))
     _console().info(result.to_text())
     if json_out:
@@ -216,6 +218,8 @@ def export_hf(
     """Export a run folder as a Hugging Face GPT-2 folder (config, safetensors, tokenizer)."""
     from gptcli.commands import hf
 
+    if json_out:
+        stdout_wanted()
     result = hf.export_hf(hf.HFRequest(run, out, overwrite))
     _console().info(result.to_text())
     if json_out:
@@ -230,6 +234,7 @@ def info(run: Annotated[Path, typer.Argument(help="A run folder.")], json_out: J
     """Show a run folder's model config, parameter count and training summary."""
     from gptcli.commands import info as command
 
+    stdout_wanted()
     _print(command.run(command.InfoRequest(run)), json_out, indent=2)
 
 
@@ -260,9 +265,11 @@ def tokenizer_encode(
 ) -> None:
     """Text on stdin -> token ids on stdout."""
     from gptcli.commands import tokenizer as command
-    from gptcli.commands.inputs import read_stdin_text
+    from gptcli.commands.inputs import stdin_stream
 
-    _print(command.encode(command.CodecRequest(tokenizer, read_stdin_text)), json_out)
+    stdout_wanted()
+    with writing_stdout():
+        command.encode(command.EncodeRequest(tokenizer, stdin_stream, json_out), sys.stdout)
 
 
 @tokenizer_app.command("decode")
@@ -271,62 +278,12 @@ def tokenizer_decode(tokenizer: TokenizerPath = None) -> None:
     from gptcli.commands import tokenizer as command
     from gptcli.commands.inputs import read_stdin_text
 
-    text = command.decode(command.CodecRequest(tokenizer, read_stdin_text)).to_text()
-    with _stdout_reader_may_leave():
+    stdout_wanted()
+    text = command.decode(command.DecodeRequest(tokenizer, read_stdin_text)).to_text()
+    with writing_stdout():
         sys.stdout.write(text)
         sys.stdout.flush()
 
 
-# -- entry point -------------------------------------------------------------------
-
-
 def main() -> None:
-    """Run the app with gptcli's error and exit-code conventions."""
-    try:
-        rv = app(standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
-    except typer.Exit as e:
-        code = e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        code = 130
-    except GptcliError as e:
-        if _state["debug"]:
-            raise
-        message = e.render(flag) if isinstance(e, SettingError) else str(e)  # a setting that reached here is a flag
-        print(f"error: {message}", file=sys.stderr)
-        code = e.exit_code
-    except BrokenPipeError:
-        code = 0  # the reader went away (e.g. `| head`): not an error
-    except Exception as e:
-        if _is_usage_error(e):  # bad flags, caught by the parser (typer's click)
-            ctx = getattr(e, "ctx", None)
-            if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
-                print(ctx.get_help(), file=sys.stderr)
-            else:
-                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-                print(f"error: {e.format_message()}{hint}", file=sys.stderr)
-            code = 2
-        elif _state["debug"]:
-            raise
-        else:
-            from gptcli.errors import first_line
-
-            print(f"error: {type(e).__name__}: {first_line(e)} (run with --debug for a traceback)", file=sys.stderr)
-            code = 1
-    _quiet_exit(code)
-
-
-def _is_usage_error(e: Exception) -> bool:
-    """typer vendors click in new releases and uses click in old ones: match by shape."""
-    return callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)
-
-
-def _quiet_exit(code: int) -> None:
-    """Exit without a second BrokenPipeError when stdout's reader has gone."""
-    try:
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(code)
+    entry.run(app)

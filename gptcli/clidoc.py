@@ -51,13 +51,13 @@ def render() -> str:
     out.append("## gptcli\n")
     out.append(_cell(root.help or "") + "\n")
     out.append("| option | meaning |\n|---|---|")
-    out += [_row(p, ctx) for p in root.params]
+    out += [_row(p, ctx) for p in root.params if p.get_help_record(ctx) is not None]
     out.append("")
     for path, command, cctx in _commands(root, "gptcli", ctx):
         out.append(f"## {path}\n")
         out.append(" ".join((command.help or "").split()) + "\n")
         out.append(f"```\n{path} {' '.join(command.collect_usage_pieces(cctx))}\n```\n")
-        rows = [_row(p, cctx) for p in command.params if p.name != "help"]
+        rows = [_row(p, cctx) for p in command.params if p.name != "help" and p.get_help_record(cctx) is not None]
         out.append("| argument or option | meaning |\n|---|---|")
         out += rows
         out.append("")

@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptcli.errors import Setting as S
 from gptcli.errors import SettingError, UsageError
 from gptcli.workspace import DEFAULT_VOCAB
 
 MIN_VOCAB = 257  # 256 byte tokens plus <|endoftext|>
 MAX_SEED = 2**32 - 1  # what every RNG gptcli seeds accepts
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Spec:
     short: str | None = None  # a one-letter alias, e.g. -n
     default_text: str | None = None  # what the default means, when its value does not say it
     parse: Callable[[str], Any] | None = None  # for options given as text, e.g. durations
+    show: Callable[[Any], str] | None = None  # and how such a value is written back
     metavar: str | None = None
 
 
@@ -62,8 +65,17 @@ def _number(x: float) -> str:
     return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
 
+def shown(spec: Spec, value: float) -> str:
+    """A value as the user would write it: 1,024, 0.0, 1e-40, or 2h46m40s for a duration."""
+    if spec.show is not None:
+        return spec.show(value)
+    return f"{value:,}" if isinstance(value, int) else repr(value)
+
+
 def allowed(spec: Spec, is_int: bool) -> str:
     """'positive', '0 or more', 'between 1 and 1,024', 'in [0, 1)': the range in words."""
+    if spec.show is not None:
+        return f"at most {spec.show(spec.high)}" if spec.high is not None else "positive"
     lo, hi = spec.low, spec.high
     if hi is None:
         if lo == 0:
@@ -78,41 +90,56 @@ def allowed(spec: Spec, is_int: bool) -> str:
     return f"in {'(' if spec.open_low else '['}{_number(lo)}, {_number(hi)}{')' if spec.open_high else ']'}"
 
 
+def base_type(kind: Any) -> Any:
+    """int for `int | None`; the type itself otherwise."""
+    args = typing.get_args(kind)
+    return next(a for a in args if a is not type(None)) if type(None) in args else kind
+
+
 def check_value(name: str, value: Any, kind: Any, spec: Spec) -> None:
     """One value against its type and range: exact types (2.0 is not an integer)."""
-    optional = type(None) in typing.get_args(kind)
-    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if optional else kind
+    optional, base = type(None) in typing.get_args(kind), base_type(kind)
     if value is None:
         if optional:
             return
-        raise SettingError(f"{{}} must be set, got {value!r}", name)
+        raise SettingError(S(name), f" must be set, got {value!r}")
     if base is bool:
         if not isinstance(value, bool):
-            raise SettingError(f"{{}} must be true or false, got {value!r}", name)
+            raise SettingError(S(name), f" must be true or false, got {value!r}")
         return
     if base is str:
         if not isinstance(value, str):
-            raise SettingError(f"{{}} must be text, got {value!r}", name)
+            raise SettingError(S(name), f" must be text, got {value!r}")
         if spec.choices and value not in spec.choices:
-            raise SettingError(f"{{}} must be {_one_of(spec.choices)}, got {value!r}", name)
+            raise SettingError(S(name), f" must be {_one_of(spec.choices)}, got {value!r}")
         return
     if typing.get_origin(base) is tuple:
         if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
-            raise SettingError(f"{{}} must be a list of strings, got {value!r}", name)
+            raise SettingError(S(name), f" must be a list of strings, got {value!r}")
         return
     is_int = base is int
     if isinstance(value, bool) or not isinstance(value, int if is_int else (int, float)):
-        raise SettingError(f"{{}} must be {'an integer' if is_int else 'a number'}, got {value!r}", name)
+        raise SettingError(S(name), f" must be {'an integer' if is_int else 'a number'}, got {value!r}")
     if not is_int and not math.isfinite(value):
-        raise SettingError(f"{{}} must be a finite number, got {value}", name)
+        raise SettingError(S(name), f" must be a finite number, got {value}")
     too_low = spec.low is not None and (value <= spec.low if spec.open_low else value < spec.low)
     too_high = spec.high is not None and (value >= spec.high if spec.open_high else value > spec.high)
     if too_low or too_high:
-        raise SettingError(f"{{}} must be {allowed(spec, is_int)}, got {_number(value)}", name)
+        raise SettingError(S(name), f" must be {allowed(spec, is_int)}, got {shown(spec, value)}")
 
 
 def _one_of(choices: tuple[str, ...]) -> str:
     return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+
+def flag(setting: str) -> str:
+    """`n_embd` -> `--n-embd`; `num_beams` -> `--beams`: the option a setting is given by
+    (a setting no option gives, like beta1, keeps its name)."""
+    for cls in (ModelConfig, TrainConfig, SampleConfig, GenerateOptions, EvalOptions):
+        if setting in specs(cls):
+            given = specs(cls)[setting][1].flag
+            return setting if given == "" else (given or "--" + setting.replace("_", "-")).split("/")[0]
+    return "--" + setting.replace("_", "-")
 
 
 def check(cfg: Any) -> None:
@@ -138,9 +165,9 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         check(self)
         if self.n_embd % self.n_head:
-            raise SettingError(f"{{}} {self.n_embd} is not divisible by {{}} {self.n_head}", "n_embd", "n_head")
+            raise SettingError(S("n_embd"), f" {self.n_embd} is not divisible by ", S("n_head"), f" {self.n_head}")
         if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise SettingError(f"{{}} sinusoidal needs an even {{}}, got {self.n_embd}", "pos_encoding", "n_embd")
+            raise SettingError(S("pos_encoding"), " sinusoidal needs an even ", S("n_embd"), f", got {self.n_embd}")
         return self
 
     @property
@@ -167,6 +194,14 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_duration(seconds: float) -> str:
+    """90 -> '1m30s', 5400 -> '1h30m00s': parse_duration reads it back."""
+    seconds = max(int(seconds), 0)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 DEFAULT_MAX_STEPS = 2000  # when no --max-steps, --max-time or --epochs is given
 
 
@@ -182,10 +217,13 @@ class TrainConfig:
     beta1: float = setting(0.9, "AdamW beta1.", low=0.0, high=1.0, open_high=True, flag="")
     beta2: float = setting(0.95, "AdamW beta2.", low=0.0, high=1.0, open_high=True, flag="")
     grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 disables.", low=0.0, high=1e6)
+    val_fraction: float = setting(0.1, "Fraction of the corpus tokens, taken from the end, held out for validation "
+                                  "(when no --val is given).", low=0.0, high=1.0, open_low=True, open_high=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps.", low=1, high=10**9,
                                     default_text=f"{DEFAULT_MAX_STEPS:,} if no other limit")
     max_time: float | None = setting(None, "Stop after this much training time, e.g. 90s, 10m, 1h.", low=0.0,
-                                     high=10**7, open_low=True, parse=parse_duration, metavar="DURATION")
+                                     high=10**7, open_low=True, parse=parse_duration, show=format_duration,
+                                     metavar="DURATION")
     epochs: float | None = setting(None, "Stop after this many passes over the training tokens.", low=0.0,
                                    high=10**6, open_low=True)
     eval_interval: int = setting(200, "Steps between evaluations and checkpoints.", low=1, high=10**9)
@@ -194,8 +232,7 @@ class TrainConfig:
                                    low=1, high=10**6)
     log_interval: int = setting(50, "Steps between progress updates and metrics lines.", low=1, high=10**9)
     seed: int = setting(1337, "Random seed: same seed, data and machine, same losses.", low=0, high=MAX_SEED)
-    device: str = setting("auto", "Where to train: auto picks cuda, then mps, then cpu.",
-                          choices=("auto", "cpu", "cuda", "mps"))
+    device: str = setting("auto", "Where to train: auto picks cuda, then mps, then cpu.", choices=DEVICES)
     dtype: str = setting("auto", "Precision: auto picks bf16 where the hardware runs it fast.",
                          choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = setting(False, "torch.compile the model (falls back to eager if it fails).",
@@ -204,7 +241,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         check(self)
         if self.min_lr is not None and self.min_lr > self.lr:
-            raise SettingError(f"{{}} must be between 0 and {{}} ({self.lr}), got {self.min_lr}", "min_lr", "lr")
+            raise SettingError(S("min_lr"), " must be between 0 and ", S("lr"), f" ({self.lr}), got {self.min_lr}")
         return self
 
     @property
@@ -249,8 +286,8 @@ class SampleConfig:
     top_k: int | None = setting(None, "Sample from the k most likely tokens.", low=1, high=2**22)
     top_p: float | None = setting(0.95, "Sample from the smallest set reaching probability p.", low=0.0, high=1.0,
                                   open_low=True, default_text="0.95 unless --top-k")
-    repetition_penalty: float = setting(1.0, "Above 1 discourages tokens already in the context.", low=0.01,
-                                        high=100.0)
+    repetition_penalty: float = setting(1.0, "Above 1 discourages tokens already in the context.", low=1e-6,
+                                        high=1e6)
     num_samples: int = setting(1, "Sampled outputs per prompt.", low=1, high=10**6)
     num_beams: int = setting(1, "Beam search with this many beams.", low=1, high=1024, flag="--beams",
                              default_text="no beam search")
@@ -259,16 +296,48 @@ class SampleConfig:
                                    flag="--early-stopping")
     num_return: int = setting(1, "Beam: best hypotheses to return per prompt.", low=1, high=1024)
     stop: tuple[str, ...] = setting((), "Cut the output before this string; repeatable.")
-    seed: int = setting(0, "Seed for sampling.", low=0, high=MAX_SEED, default_text="random, reported by --json")
+    seed: int = setting(0, "Seed for sampling (any 64-bit integer).", low=-(2**63), high=2**63 - 1,
+                        default_text="random, reported by --json")
 
     def validate(self) -> SampleConfig:
         check(self)
         if self.num_return > self.num_beams:
-            raise SettingError(f"{{}} must be between 1 and {{}} ({self.num_beams}), got {self.num_return}",
-                               "num_return", "num_beams")
+            raise SettingError(S("num_return"), " must be between 1 and ", S("num_beams"),
+                               f" ({self.num_beams}), got {self.num_return}")
         if any(s == "" for s in self.stop):
-            raise SettingError("{} strings must not be empty", "stop")
+            raise SettingError(S("stop"), " strings must not be empty")
         return self
+
+
+@dataclass
+class GenerateOptions:
+    """generate's own options, beside the sampling settings."""
+
+    batch_size: int = setting(8, "Outputs generated together from --prompts.", low=1, high=2**16)
+    device: str = setting("auto", "Where to run: auto picks cuda, then mps, then cpu.", choices=DEVICES)
+
+    def validate(self) -> GenerateOptions:
+        check(self)
+        return self
+
+
+@dataclass
+class EvalOptions:
+    """eval's options."""
+
+    stride: int | None = setting(None, "Tokens between window starts.", low=1, high=2**17,
+                                 default_text="half the context")
+    batch_size: int = setting(8, "Windows per forward pass.", low=1, high=2**16)
+    device: str = setting("auto", "Where to run: auto picks cuda, then mps, then cpu.", choices=DEVICES)
+
+    def validate(self) -> EvalOptions:
+        check(self)
+        return self
+
+
+def pick(cls: type, settings: dict) -> dict:
+    """The entries of `settings` that are fields of `cls`."""
+    return {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
 
 
 def to_dict(cfg: Any) -> dict:

@@ -7,15 +7,22 @@ so `gptcli --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 
 
-def format_duration(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+def say(text: str) -> None:
+    """A line on stderr. If stderr is gone (its reader left, its disk is full), the line is
+    dropped and later ones go to /dev/null: the work and the exit code matter more."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
 
 
 class Console:
@@ -34,10 +41,10 @@ class Console:
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            say(msg)
 
     def warn(self, msg: str) -> None:
-        print(f"warning: {msg}", file=sys.stderr, flush=True)
+        say(f"warning: {msg}")
 
     def progress(self, description: str, total: float | None, unit: str = "") -> "Progress":
         if self.quiet:
@@ -96,7 +103,7 @@ class Progress:
         if self._bar is not None:
             self._bar.console.print(text, markup=False)
         else:
-            print(text, file=sys.stderr, flush=True)
+            say(text)
 
     @property
     def is_bar(self) -> bool:

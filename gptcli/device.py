@@ -8,6 +8,7 @@ files.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import os
 import random
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gptcli.errors import UsageError
+from gptcli.errors import UsageError, first_line
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -120,11 +121,16 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state({**np_state, "state": {"key": np.array(np_state["state"]["key"], dtype=np.uint32),
-                                               "pos": np_state["state"]["pos"]}})
-    torch.set_rng_state(_unb64(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+    """Restore what rng_state saved; a state that does not fit is a UsageError (a saved
+    file someone edited or damaged)."""
+    try:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        np_state = state["numpy"]
+        np.random.set_state({**np_state, "state": {"key": np.array(np_state["state"]["key"], dtype=np.uint32),
+                                                   "pos": np_state["state"]["pos"]}})
+        torch.set_rng_state(_unb64(state["torch"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+    except (TypeError, ValueError, KeyError, OverflowError, RuntimeError, binascii.Error) as e:
+        raise UsageError(f"the saved random-number state is unreadable ({first_line(e)})") from None

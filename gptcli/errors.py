@@ -30,17 +30,26 @@ class RunError(GptcliError):
     exit_code = 1
 
 
-class SettingError(UsageError):
-    """A bad value for one or more settings. `template` holds a `{}` where each setting's
-    name goes, so one message serves the flag (`--n-embd 30 is not divisible by --n-head 4`)
-    and the file (`config.json: n_embd 30 is not divisible by n_head 4`)."""
+class Setting(str):
+    """A setting's name inside a SettingError's message."""
 
-    def __init__(self, template: str, *settings: str):
-        self.template, self.settings = template, settings
+
+class SettingError(UsageError):
+    """A bad value for one or more settings. The message is text with the settings' names
+    marked (`Setting("n_embd")`), so one message serves the flag (`--n-embd 30 is not
+    divisible by --n-head 4`) and the file (`config.json: n_embd 30 is not divisible by
+    n_head 4`). Values stay plain text, whatever characters they hold."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
         super().__init__(self.render())
 
+    @property
+    def settings(self) -> list[str]:
+        return [str(p) for p in self.parts if isinstance(p, Setting)]
+
     def render(self, name: Callable[[str], str] = str) -> str:
-        return self.template.format(*(name(s) for s in self.settings))
+        return "".join(name(str(p)) if isinstance(p, Setting) else p for p in self.parts)
 
 
 def first_line(e: BaseException) -> str:

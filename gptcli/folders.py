@@ -45,35 +45,33 @@ def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Cal
 
 
 @contextlib.contextmanager
-def staged(target: Path) -> Iterator[Path]:
+def staged(target: Path, old: Path | None = None) -> Iterator[Path]:
     """Yield an empty folder beside `target`. When the block ends without an error, it
-    replaces `target` (a crash between the two renames leaves the old one as
-    `<name>.old`); on an error it is removed and `target` is as it was. A failed write is a
-    RunError naming the file under `target`, not the temporary folder."""
+    replaces `target`; on an error it is removed and `target` is as it was. The old folder
+    is moved aside under `old` (default: a new hidden name beside it) and deleted; a crash
+    between the two renames leaves it there. A failed write is a RunError naming the file
+    under `target`, not the temporary folder."""
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
         stage.chmod(0o777 & ~atomic.umask())
     except OSError as e:
-        raise UsageError(f"cannot write to {parent}: {e.strerror or e}") from None
+        raise RunError(f"cannot write to {parent}: {e.strerror or e}") from None
     try:
         yield stage
-        old = parent / f"{target.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
+        aside = None
         if target.exists():
-            target.rename(old)
+            aside = old or Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
+            shutil.rmtree(aside, ignore_errors=True)
+            target.rename(aside)
         stage.rename(target)
         atomic.fsync_dir(parent)
-        shutil.rmtree(old, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except OSError as e:
         raise RunError(f"could not write {target}: {e.strerror or e}") from None
     except RunError as e:  # a failed write inside: name the file users know
         raise RunError(str(e).replace(str(stage), str(target))) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def previous(target: Path) -> Path:
-    """Where `staged` keeps the old folder between its two renames."""
-    return target.parent / f"{target.name}.old"

@@ -13,6 +13,7 @@ import torch
 
 from gptcli.config import ModelConfig
 from gptcli.errors import SettingError, UsageError
+from gptcli.readers import TensorInfo
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older HF versions saved
@@ -26,15 +27,32 @@ def to_hf_state_dict(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for name, t in ours.items() if name != "lm_head.weight"}
 
 
+def our_name(hf_name: str) -> tuple[str | None, bool]:
+    """An HF tensor name (with or without the transformer. prefix) -> (gptcli's name, or
+    None for HF's mask buffers and a tied lm_head; whether it is a transposed Conv1D)."""
+    if hf_name.endswith(_HF_BUFFERS) or hf_name == "lm_head.weight":
+        return None, False
+    ours = hf_name.removeprefix("transformer.")
+    return ours, ours.endswith(_CONV1D)
+
+
 def from_hf_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF names (with or without the transformer. prefix) -> gptcli names. Drops HF's
-    mask buffers and a tied lm_head."""
+    """HF tensors -> gptcli's names and layout."""
     out = {}
     for name, t in hf.items():
-        if name.endswith(_HF_BUFFERS) or name == "lm_head.weight":
-            continue
-        ours = name.removeprefix("transformer.")
-        out[ours] = t.t().contiguous() if ours.endswith(_CONV1D) else t
+        ours, conv1d = our_name(name)
+        if ours is not None:
+            out[ours] = t.t().contiguous() if conv1d else t
+    return out
+
+
+def from_hf_header(header: dict[str, TensorInfo]) -> dict[str, TensorInfo]:
+    """An HF file's header as gptcli's names and shapes, to check before reading it."""
+    out = {}
+    for name, info in header.items():
+        ours, conv1d = our_name(name)
+        if ours is not None:
+            out[ours] = TensorInfo(info.dtype, info.shape[::-1] if conv1d else info.shape)
     return out
 
 

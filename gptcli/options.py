@@ -15,17 +15,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from gptcli.config import PRESETS, ModelConfig, SampleConfig, Spec, TrainConfig, allowed, specs
+from gptcli.config import (
+    PRESETS,
+    ModelConfig,
+    Spec,
+    TrainConfig,
+    allowed,
+    base_type,
+    specs,
+)
+from gptcli.errors import Setting, SettingError, UsageError
 
-SETTINGS = (ModelConfig, TrainConfig, SampleConfig)
-
-
-def flag(setting: str) -> str:
-    """`n_embd` -> `--n-embd`; `num_beams` -> `--beams` (the option a setting is given by)."""
-    for cls in SETTINGS:
-        if setting in specs(cls) and specs(cls)[setting][1].flag:
-            return specs(cls)[setting][1].flag.split("/")[0]
-    return "--" + setting.replace("_", "-")
+PRESET_SECTION = {ModelConfig: "model", TrainConfig: "train"}
 
 
 def _fmt(value: object) -> str:
@@ -36,17 +37,12 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _base(kind: object) -> object:
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    return args[0] if type(None) in typing.get_args(kind) else kind
-
-
 def help_text(cls: type, name: str) -> str:
     """The setting's help, its default (per preset where presets set it) and its range."""
     kind, spec = specs(cls)[name]
-    base = _base(kind)
-    per_preset = [(p, v[section][name]) for p, v in PRESETS.items() for section in ("model", "train")
-                  if name in v[section]]
+    base = base_type(kind)
+    section = PRESET_SECTION.get(cls)
+    per_preset = [(p, v[section][name]) for p, v in PRESETS.items() if section and name in v[section]]
     if per_preset:
         default = "preset: " + ", ".join(f"{p} {_fmt(v)}" for p, v in per_preset)
     elif spec.default_text is not None:
@@ -62,7 +58,7 @@ def help_text(cls: type, name: str) -> str:
 
 
 def _option(cls: type, name: str, kind: object, spec: Spec) -> object:
-    base = _base(kind)
+    base = base_type(kind)
     decls = [spec.flag or "--" + name.replace("_", "-")] + ([spec.short] if spec.short else [])
     if spec.parse is not None:
         base = str
@@ -71,6 +67,16 @@ def _option(cls: type, name: str, kind: object, spec: Spec) -> object:
     metavar = spec.metavar or ("[" + "|".join(spec.choices) + "]" if spec.choices else None)
     info = typer.Option(*decls, help=help_text(cls, name), show_default=False, metavar=metavar)
     return Annotated[Optional[base], info]  # noqa: UP045 (typer reads the annotation at run time)
+
+
+def _parsed(name: str, spec: Spec, value: object) -> object:
+    """A value as typed -> the setting's value: durations parsed, repeated options a tuple."""
+    if spec.parse is not None:
+        try:
+            return spec.parse(value)
+        except (UsageError, ValueError) as e:
+            raise SettingError(Setting(name), f": {e}") from None
+    return tuple(value) if isinstance(value, list) else value
 
 
 def settings_options(*classes: type, only: tuple[str, ...] = (), last: tuple[str, ...] = ("json_out", "quiet")):
@@ -94,8 +100,7 @@ def settings_options(*classes: type, only: tuple[str, ...] = (), last: tuple[str
             for _, name, _, spec in chosen:
                 value = kwargs.pop(name)
                 if value is not None:
-                    settings[name] = spec.parse(value) if spec.parse else tuple(value) if isinstance(value, list) \
-                        else value
+                    settings[name] = _parsed(name, spec, value)
             return func(**kwargs, settings=settings)
 
         command.__signature__ = sig.replace(parameters=own[:at] + extra + own[at:])

@@ -1,14 +1,17 @@
-"""One writer per run folder: a `.lock` file holding the writer's pid.
+"""One writer per run folder: an flock on its `.lock` file, which also holds the writer's pid
+for messages.
 
-A second writer is refused with the pid of the first; a lock left by a killed process is
-taken over with a warning. Knows nothing of what the folder holds.
+The kernel releases an flock when its process dies, however it dies, so a lock file left
+by a killed run is just a file: the next writer takes it over (with a note), and a
+reused pid can never make a dead writer look alive. Knows nothing of what the folder holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gptcli.errors import RunError, UsageError
@@ -16,52 +19,70 @@ from gptcli.errors import RunError, UsageError
 LOCK = ".lock"
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a stale lock whose pid happens to be ours
+def _pid_in(fd: int) -> int | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def lock_owner(run: Path) -> int | None:
-    """The pid of a live process holding the run's lock, if any."""
+    """The pid of the process holding the run's lock (0 if it wrote none yet), else None."""
     try:
-        pid = int((run / LOCK).read_text().strip() or 0)
-    except (OSError, ValueError):
+        fd = os.open(run / LOCK, os.O_RDONLY)
+    except OSError:
         return None
-    return pid if pid and _pid_alive(pid) else None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it
+    except BlockingIOError:
+        return _pid_in(fd) or 0
+    finally:
+        os.close(fd)
+
+
+def busy(run: Path, owner: int | None) -> UsageError:
+    return UsageError(f"{run} is being written by another gptcli process (pid {owner or '?'}): wait for it or stop it")
+
+
+def refuse_if_locked(run: Path) -> None:
+    if (owner := lock_owner(run)) is not None:
+        raise busy(run, owner)
 
 
 @contextlib.contextmanager
-def run_lock(run: Path, warn: Callable[[str], None]):
-    """Hold `.lock` (our pid) while writing a run folder. A second writer is refused; a
-    lock left behind by a killed run is taken over with a warning."""
+def run_lock(run: Path, warn: Callable[[str], None]) -> Iterator[None]:
+    """Hold the run's lock while writing it. A second writer is refused with the first
+    one's pid; a lock file a killed writer left behind is taken over."""
     path = run / LOCK
-    for _ in range(3):
+    for _ in range(5):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            owner = lock_owner(run)
-            if owner is not None:
-                raise UsageError(f"{run} is being written by another gptcli process (pid {owner}): "
-                                 "wait for it or stop it") from None
-            warn(f"{run}: taking over the lock of a run that was killed")
-            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as e:
             raise RunError(f"cannot lock {run}: {e.strerror or e}") from None
-    else:
-        raise RunError(f"cannot lock {run}: another process keeps taking the lock")
-    try:
-        os.write(fd, str(os.getpid()).encode())
-    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _pid_in(fd)
+            os.close(fd)
+            raise busy(run, owner) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:  # not a file another writer unlinked between our open and our flock
+            break
         os.close(fd)
+    else:
+        raise RunError(f"cannot lock {run}: other processes keep replacing its lock file")
     try:
+        if _pid_in(fd) is not None:
+            warn(f"{run}: taking over the lock of a run that was killed")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # releases the flock

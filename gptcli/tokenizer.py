@@ -12,6 +12,7 @@ import codecs
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -108,6 +109,19 @@ class BPETokenizer:
         encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
+    def encode_tail(self, text: str, n: int) -> list[int]:
+        """The last n ids of encode(text), in memory bounded by n rather than by the text:
+        only a tail long enough to hold n tokens, cut where safe_split allows, is encoded."""
+        longest = max(len(b) for b in self.token_bytes) or 1
+        span = n * longest + 1
+        while span < len(text):
+            start = safe_split(text, len(text) - span, len(text))
+            ids = self.encode(text[start:])
+            if len(ids) > n:  # the tail began before the n-th last token: those n are exact
+                return ids[-n:]
+            span *= 4
+        return self.encode(text)[-n:]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
@@ -135,6 +149,19 @@ class BPETokenizer:
 
     def summary(self) -> dict:
         return {"vocab_size": self.vocab_size, "eot_id": self.eot_id, "sha256": self.sha256}
+
+
+_SAFE_SPLIT = re.compile(r"(?<=\S)\s")
+
+
+def safe_split(text: str, start: int, end: int) -> int:
+    """The first point in text[start:end] where the text may be cut without changing its
+    tokens: just before whitespace that follows non-whitespace. No match of the GPT-2
+    pre-tokenizer pattern crosses such a point, and the pattern has no look-behind, so the
+    pieces encode to the same ids as the whole. `end` if there is none (one giant "word"
+    is cut anyway: memory stays bounded, and ids differ only at the cut)."""
+    m = _SAFE_SPLIT.search(text, start, end)
+    return m.start() if m else end
 
 
 @functools.cache

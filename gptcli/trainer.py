@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch
 from gptcli.config import TrainConfig
 from gptcli.data import BatchSampler, Split, spread_windows
 from gptcli.device import Precision
-from gptcli.errors import RunError, first_line
+from gptcli.errors import RunError, UsageError, first_line
 from gptcli.model import GPT
 from gptcli.scoring import score_tokens, score_windows
 
@@ -287,5 +287,8 @@ class Trainer:
         return {"trainer": asdict(self.state), "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
+        unknown = set(d["trainer"]) - {f.name for f in fields(TrainState)}
+        if unknown:
+            raise UsageError(f"the saved trainer state has unknown fields: {', '.join(sorted(unknown))}")
         self.state = TrainState(**d["trainer"])
         self.sampler.load_state_dict(d["sampler"])

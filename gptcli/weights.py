@@ -7,7 +7,7 @@ run folders or Hugging Face names (checkpoint.py and hf_weights.py).
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 from pathlib import Path
@@ -19,8 +19,10 @@ from safetensors.torch import save_file
 from gptcli import atomic
 from gptcli.errors import UsageError, first_line
 from gptcli.model import GPT
+from gptcli.readers import TensorInfo, read_header
 
 TIED = "lm_head.weight"  # the same tensor as wte.weight; stored once
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 def weights_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -57,37 +59,48 @@ def is_pickle(path: Path) -> bool:
     return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, with a clear error for anything else."""
+def read_tensors(path: Path, expected: dict[str, tuple[int, ...]] | None = None,
+                 against: str = "config.json") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file. The header is checked first, against the file's
+    size and against the `expected` names and shapes, so nothing is read or allocated for
+    a file that does not fit; then every value must be finite."""
     if not path.is_file():
         raise UsageError(f"missing {path.name} in {path.parent}")
     if is_pickle(path):
         raise UsageError(f"{path} is a pickle (PyTorch .bin/.pt), not safetensors: gptcli never unpickles files")
+    header = read_header(path)
+    if expected is not None:
+        check_header(header, expected, path, against)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # SafetensorError, OSError, a truncated file
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # SafetensorError, OSError, a file changed under us
         raise UsageError(f"{path} is not a valid safetensors file ({first_line(e)})") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):  # a diverged or damaged model
+            raise UsageError(f"{path}: {name} holds NaN or infinite values")
+    return tensors
 
 
-def check_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: Path, against: str = "config.json") -> None:
-    """Names, shapes and dtypes of `tensors` against the model its config describes, and
-    that every value is finite."""
-    expected = {k: v for k, v in model.state_dict().items() if k != TIED}
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+def expected_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
+    """The names and shapes a file of this model's weights must hold."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != TIED}
+
+
+def check_header(header: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]], path: Path,
+                  against: str) -> None:
+    missing, extra = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
     if missing or extra:
         parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
                 ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
         raise UsageError(f"{path} does not match {against}: {'; '.join(parts)}")
-    for name, want in expected.items():
-        got = tensors[name]
-        if tuple(got.shape) != tuple(want.shape):
-            raise UsageError(f"{path} does not match {against}: {name} has shape {tuple(got.shape)}, "
-                             f"{against} implies {tuple(want.shape)}")
-        if not got.is_floating_point():
+    for name, shape in expected.items():
+        got = header[name]
+        if got.shape != shape:
+            raise UsageError(f"{path} does not match {against}: {name} has shape {got.shape}, "
+                             f"{against} implies {shape}")
+        if got.dtype not in FLOAT_DTYPES:
             raise UsageError(f"{path}: {name} has dtype {got.dtype}, expected a float type")
-        if not bool(torch.isfinite(got).all()):  # a diverged or damaged model: generation would print garbage
-            raise UsageError(f"{path}: {name} holds NaN or infinite values")
 
 
 def load_state(model: GPT, tensors: dict[str, torch.Tensor]) -> None:
@@ -97,24 +110,12 @@ def load_state(model: GPT, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load_weights(model: GPT, path: Path, against: str = "config.json") -> None:
-    """Read, check against the model built from the config, and load."""
-    tensors = read_tensors(path)
-    check_tensors(model, tensors, path, against)
-    load_state(model, tensors)
+    """Read, checked against the model built from the config, and load."""
+    load_state(model, read_tensors(path, expected_shapes(model), against))
 
 
 def count_params(path: Path) -> int:
-    """Parameters stored in a safetensors file, read from its header alone."""
+    """Parameters stored in a safetensors file, read from its checked header alone."""
     if is_pickle(path):
         raise UsageError(f"{path} is a pickle, not safetensors: gptcli never unpickles files")
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        total = 0
-        for name, meta in header.items():
-            if name != "__metadata__":
-                total += int(torch.Size(meta["shape"]).numel())
-        return total
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
-        raise UsageError(f"{path} is not a valid safetensors file") from None
+    return sum(math.prod(info.shape) for info in read_header(path).values())

@@ -17,6 +17,7 @@ TOKENIZER = Path("tokenizer")  # the workspace tokenizer, trained there on first
 TOKENIZER_FILE = "tokenizer.json"
 SHIPPED = Path(__file__).resolve().parent / "assets" / "default"  # package data: works from any install
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
+RUN_FORMAT = "gptcli-run"  # the "format" of a run folder's config.json
 DEFAULT_VOCAB = 4096  # tokens in a newly trained tokenizer (docs/benchmarks.md, "Why this vocabulary")
 
 

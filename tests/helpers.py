@@ -49,3 +49,16 @@ def assert_clean_error(code, out, err, expected_code=2, match=None):
     assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
     if match:
         assert match in errors[0], errors[0]
+
+
+def hold_lock(lock: Path) -> subprocess.Popen:
+    """Another process holding a run folder's lock (as a writing gptcli would) until killed."""
+    code = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, str(os.getpid()).encode())\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc

@@ -44,16 +44,31 @@ def test_tied_weights_are_stored_once(tmp_path, mixed_tokenizer):
     assert "lm_head.weight" not in read_tensors(run / ckpt.WEIGHTS)
 
 
+def _trainer_state() -> dict:
+    """A trainer state as the trainer saves it, for tests that need a valid resume/."""
+    import dataclasses
+
+    import numpy as np
+
+    from gptcli.data import BatchSampler
+    from gptcli.device import rng_state
+    from gptcli.trainer import TrainState
+
+    sampler = BatchSampler(np.zeros(100, dtype=np.uint16), 8, 2, seed=0)
+    return {"trainer": dataclasses.asdict(TrainState()), "sampler": sampler.state_dict(), "rng": rng_state()}
+
+
 def test_optimizer_state_round_trips(tmp_path, mixed_tokenizer):
     run, model = _run(tmp_path, mixed_tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randint(0, 300, (2, 8)), torch.randint(0, 300, (2, 8)))[1].backward()
     opt.step()
-    ckpt.save_resume(run, model, opt, {"hello": 1})
+    saved = _trainer_state()
+    ckpt.save_resume(run, model, opt, saved)
     model2 = GPT(model.config)
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
     state = ckpt.load_resume(run, model2, opt2)
-    assert state == {"hello": 1}
+    assert state == json.loads(json.dumps(saved))
     for p, p2 in zip(model.parameters(), model2.parameters()):
         assert torch.equal(p, p2)
         for name in ("step", "exp_avg", "exp_avg_sq"):

@@ -4,6 +4,7 @@ handling, and as a real subprocess (exit codes, signals, what goes to stdout).""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from gptcli.cli import app
 
-from helpers import TINY_FLAGS, assert_clean_error, cli, run_gptcli
+from helpers import TINY_FLAGS, assert_clean_error, cli, hold_lock, run_gptcli
 
 # -- happy paths -------------------------------------------------------------------
 
@@ -258,14 +259,12 @@ def test_resume_refuses_changes_that_would_break_it(monkeypatch, capsys, small_c
 
 
 def test_a_run_folder_has_one_writer_and_a_killed_writers_lock_is_recovered(monkeypatch, capsys, small_corpus):
-    import subprocess
-
     args = ["train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2", "--out", "run"]
     assert cli(monkeypatch, capsys, *args)[0] == 0
-    assert not (small_corpus.parent / "run" / ".lock").exists()  # released on exit
-    writer = subprocess.Popen(["sleep", "60"])
+    lock = small_corpus.parent / "run" / ".lock"
+    assert not lock.exists()  # released on exit
+    writer = hold_lock(lock)
     try:
-        (small_corpus.parent / "run" / ".lock").write_text(str(writer.pid))
         code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "3")
         assert_clean_error(code, out, err, match=f"another gptcli process (pid {writer.pid})")
         code, out, err = cli(monkeypatch, capsys, *args, "--overwrite")
@@ -273,9 +272,19 @@ def test_a_run_folder_has_one_writer_and_a_killed_writers_lock_is_recovered(monk
     finally:
         writer.kill()
         writer.wait()
+    assert lock.read_text() == str(writer.pid)  # a killed writer leaves its lock file behind
     code, _, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "3")  # the writer is gone
     assert code == 0 and "taking over the lock" in err
-    assert not (small_corpus.parent / "run" / ".lock").exists()
+    assert not lock.exists()
+
+
+def test_a_lock_file_whose_pid_is_alive_but_unlocked_is_stale(monkeypatch, capsys, small_corpus):
+    """A pid in a lock file proves nothing (pids are reused): only a held lock refuses."""
+    args = ["train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2", "--out", "run"]
+    assert cli(monkeypatch, capsys, *args)[0] == 0
+    (small_corpus.parent / "run" / ".lock").write_text(str(os.getpid()))  # alive, and not locking
+    code, _, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "3")
+    assert code == 0 and "taking over the lock" in err
 
 
 def test_a_full_disk_fails_cleanly_and_keeps_the_last_checkpoint(monkeypatch, capsys, small_corpus):

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from gptcli.config import ModelConfig, SampleConfig, TrainConfig, from_dict, specs
+from gptcli.config import ModelConfig, SampleConfig, TrainConfig, flag, from_dict, specs
 from gptcli.errors import SettingError, UsageError, first_line
-from gptcli.options import flag, help_text
+from gptcli.options import help_text
 
 
 @pytest.mark.parametrize("cfg, message", [
     (ModelConfig(n_layer=0), "n_layer must be between 1 and 1,024, got 0"),
     (ModelConfig(n_layer=2.0), "n_layer must be an integer, got 2.0"),
     (ModelConfig(n_layer=True), "n_layer must be an integer, got True"),
-    (ModelConfig(dropout=1.0), "dropout must be in [0, 1), got 1"),
+    (ModelConfig(dropout=1.0), "dropout must be in [0, 1), got 1.0"),
     (ModelConfig(pos_encoding="rotary"), "pos_encoding must be learned or sinusoidal, got 'rotary'"),
     (ModelConfig(n_embd=30, n_head=4), "n_embd 30 is not divisible by n_head 4"),
     (TrainConfig(lr=float("inf")), "lr must be a finite number, got inf"),
-    (TrainConfig(lr=0.0), "lr must be in (0, 10], got 0"),
+    (TrainConfig(lr=0.0), "lr must be in (0, 10], got 0.0"),
+    (TrainConfig(lr=10.0000001), "lr must be in (0, 10], got 10.0000001"),
+    (TrainConfig(max_time=1e8), "max_time must be at most 2777h46m40s, got 27777h46m40s"),
+    (ModelConfig(pos_encoding="{x}"), "pos_encoding must be learned or sinusoidal, got '{x}'"),
+    (TrainConfig(device="{}"), "device must be auto, cpu, cuda or mps, got '{}'"),
     (TrainConfig(min_lr=0.5, lr=0.1), "min_lr must be between 0 and lr (0.1), got 0.5"),
     (TrainConfig(seed=-1), "seed must be between 0 and 4,294,967,295, got -1"),
     (TrainConfig(device="tpu"), "device must be auto, cpu, cuda or mps, got 'tpu'"),

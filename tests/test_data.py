@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gptcli.data import (
-    BatchSampler,
-    check_fits,
-    collect_documents,
-    split_train_val,
-    spread_windows,
-    token_dtype,
-    tokenize_to_cache,
-)
+from gptcli.corpus import collect_documents
+from gptcli.data import BatchSampler, check_fits, split_train_val, spread_windows, token_dtype, tokenize_to_cache
 from gptcli.errors import UsageError
 
 

@@ -11,7 +11,7 @@ import torch
 
 from gptcli import decoding
 from gptcli.commands.generate import sample_config
-from gptcli.config import ModelConfig, SampleConfig
+from gptcli.config import ModelConfig, SampleConfig, flag
 from gptcli.decoding import (
     FastDecoder,
     apply_repetition_penalty,
@@ -24,7 +24,6 @@ from gptcli.decoding import (
 from gptcli.errors import RunError, SettingError
 from gptcli.kv_cache import KVCache
 from gptcli.model import GPT
-from gptcli.options import flag
 
 
 def tiny(vocab=300, block=32, seed=0) -> GPT:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptcli import checkpoint as ckpt
-from gptcli.commands import train
+from gptcli.commands import run_folder
 
 from fault_injection import campaign
 from helpers import TINY_FLAGS, cli
@@ -33,7 +33,7 @@ class Killed(BaseException):
 def _kill_inside_checkpoints(monkeypatch, run, victim: str) -> None:
     """From now on, a checkpoint dies as it starts the write `victim` names."""
     armed = []
-    original = train.RunFolderHooks.on_checkpoint
+    original = run_folder.RunFolderHooks.on_checkpoint
 
     def on_checkpoint(self, trainer, is_best):
         armed.append(is_best)
@@ -46,8 +46,8 @@ def _kill_inside_checkpoints(monkeypatch, run, victim: str) -> None:
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(train.RunFolderHooks, "on_checkpoint", on_checkpoint)
-    module = train if victim == "save_weights" else ckpt  # where the checkpoint hook finds the function
+    monkeypatch.setattr(run_folder.RunFolderHooks, "on_checkpoint", on_checkpoint)
+    module = run_folder if victim == "save_weights" else ckpt  # where the checkpoint hook finds the function
     monkeypatch.setattr(module, victim, dying(getattr(module, victim), top_level_only=victim == "save_weights"))
 
 

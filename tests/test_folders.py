@@ -64,3 +64,14 @@ def test_a_failed_write_inside_names_the_target_not_the_staging_folder(tmp_path)
         with folders.staged(target):
             raise OSError(28, "No space left on device")
     assert not target.exists()
+
+
+def test_staged_never_touches_a_folder_the_user_named_like_a_backup(tmp_path):
+    here = tmp_path / "here"
+    (here / "out.old").mkdir(parents=True)
+    (here / "out.old" / "keep.txt").write_text("precious")
+    (here / "out").mkdir()
+    with folders.staged(here / "out") as stage:
+        (stage / "new.txt").write_text("new")
+    assert (here / "out.old" / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in here.iterdir()) == ["out", "out.old"]

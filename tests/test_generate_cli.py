@@ -59,7 +59,9 @@ def test_stream_pieces_are_whole_characters(cjk_run):
 
     sink = Recorder()
     cfg = SampleConfig(strategy="sample", max_new_tokens=100, temperature=1.0, top_k=3, top_p=None, seed=3)
-    [out] = run(GenerateRequest(cjk_run, ["春眠"], cfg), sink, Console(quiet=True)).outputs
+    result = run(GenerateRequest(cjk_run, ["春眠"], cfg, keep=True), sink, Console(quiet=True))
+    [out] = result.outputs
+    assert result.count == 1 and result.to_json()[0]["text"] == out.text
     _, tok, _ = load_run(cjk_run)
     assert len(sink.pieces) > 10
     assert "".join(sink.pieces) == out.text

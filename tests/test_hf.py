@@ -158,6 +158,7 @@ def test_export_onto_a_full_disk_is_a_clear_error_and_leaves_out_as_it_was(train
     from gptcli import weights
 
     (trained_run.parent / "exported").mkdir()
+    (trained_run.parent / "exported" / "config.json").write_text('{"model_type": "gpt2"}')  # an HF folder
     (trained_run.parent / "exported" / "keep.txt").write_text("mine")
 
     def full(*args, **kwargs):  # what safetensors raises on a full disk
@@ -166,7 +167,7 @@ def test_export_onto_a_full_disk_is_a_clear_error_and_leaves_out_as_it_was(train
     monkeypatch.setattr(weights, "save_file", full)
     code, out, err = cli(monkeypatch, capsys, "export-hf", str(trained_run), "exported", "--overwrite")
     assert_clean_error(code, out, err, expected_code=1, match="could not write exported: No space left on device")
-    assert [p.name for p in (trained_run.parent / "exported").iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in (trained_run.parent / "exported").iterdir()) == ["config.json", "keep.txt"]
     assert [p.name for p in trained_run.parent.iterdir() if p.name.startswith(".exported")] == []
 
 
@@ -228,8 +229,12 @@ def test_import_refuses_a_non_empty_out_without_overwrite(tmp_path, shakespeare_
     code, out, err = cli(monkeypatch, capsys, "import-hf", str(tmp_path / "hf"), str(tmp_path / "out"))
     assert_clean_error(code, out, err, match="--overwrite")
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
-    assert cli(monkeypatch, capsys, "import-hf", str(tmp_path / "hf"), str(tmp_path / "out"), "--overwrite")[0] == 0
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    code, out, err = cli(monkeypatch, capsys, "import-hf", str(tmp_path / "hf"), str(tmp_path / "out"), "--overwrite")
+    assert_clean_error(code, out, err, match="refusing to --overwrite")  # not a run folder: never deleted
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+    assert cli(monkeypatch, capsys, "import-hf", str(tmp_path / "hf"), str(tmp_path / "run"))[0] == 0
+    assert cli(monkeypatch, capsys, "import-hf", str(tmp_path / "hf"), str(tmp_path / "run"), "--overwrite")[0] == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_fine_tune_an_imported_model(tmp_path, small_corpus, shakespeare_text, monkeypatch, capsys):

@@ -14,7 +14,8 @@ from helpers import REPO, SHAKESPEARE
 CHILD = r"""
 import json, resource, sys
 from pathlib import Path
-from gptcli.data import collect_documents, tokenize_to_cache
+from gptcli.corpus import collect_documents
+from gptcli.data import tokenize_to_cache
 from gptcli.tokenizer import BPETokenizer
 tok = BPETokenizer.load(sys.argv[1])
 tf, _ = tokenize_to_cache(collect_documents([sys.argv[2]], print), tok, cache_dir=Path(sys.argv[3]))

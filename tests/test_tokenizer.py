@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptcli.data import iter_text_chunks
+from gptcli.corpus import iter_text_chunks
 from gptcli.errors import UsageError
 from gptcli.tokenizer import EOT, BPETokenizer
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli import checkpoint as ckpt
+from gptcli.budget import check_scoring
 from gptcli.commands import inputs
+from gptcli.config import EvalOptions
 from gptcli.console import Console
-from gptcli.data import collect_documents
+from gptcli.corpus import documents
 from gptcli.device import pick_device, pick_precision
 from gptcli.errors import UsageError
 from gptcli.scoring import score_tokens
@@ -23,9 +25,7 @@ from gptcli.scoring import score_tokens
 class EvalRequest:
     paths: list[str]
     checkpoint: Path | None  # None: the newest run, else the shipped model
-    stride: int | None  # None: half the context
-    batch_size: int
-    device: str
+    options: EvalOptions  # stride (None: half the context), batch size, device
 
 
 @dataclass
@@ -53,18 +53,22 @@ class EvalResult:
 
 def run(req: EvalRequest, console: Console) -> EvalResult:
     run_dir = ckpt.resolve_run(req.checkpoint, console.info)
-    device = pick_device(req.device)
+    opts = req.options
+    device = pick_device(opts.device)
+    cfg = ckpt.model_config(ckpt.read_config(run_dir), run_dir)
+    stride = opts.stride if opts.stride is not None else max(cfg.block_size // 2, 1)
+    if not 1 <= stride <= cfg.block_size:
+        raise UsageError(f"--stride must be between 1 and the model's context ({cfg.block_size}), got {stride}")
+    check_scoring(cfg, opts.batch_size)
     model, tok, _ = ckpt.load_run(run_dir, device)
     block = model.config.block_size
-    stride = req.stride if req.stride is not None else max(block // 2, 1)
-    if not 1 <= stride <= block:
-        raise UsageError(f"--stride must be between 1 and the model's context ({block}), got {stride}")
-    tokens = inputs.tokens(collect_documents(req.paths, console.warn), tok, console, "text").array()
+    with documents(req.paths, console.warn) as docs:
+        tokens = inputs.tokens(docs, tok, console, "text").array()
     if len(tokens) < 2:
         raise UsageError("the text is too short to score: it needs at least one token after <|endoftext|>")
     t0 = time.perf_counter()
     with console.progress("scoring", len(tokens), "tokens") as bar:
-        score = score_tokens(model, tokens, tok.token_byte_lengths(), stride=stride, batch_size=req.batch_size,
+        score = score_tokens(model, tokens, tok.token_byte_lengths(), stride=stride, batch_size=opts.batch_size,
                              precision=pick_precision("float32", device), progress=lambda done, _: bar.update(done))
     seconds = time.perf_counter() - t0
     console.info(f"scored {score.tokens:,} tokens in {seconds:.1f}s with {run_dir} (context {block}, stride {stride})")

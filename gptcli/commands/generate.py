@@ -10,6 +10,7 @@ isatty, such as sys.stdout) and nothing else.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -20,10 +21,12 @@ from typing import Protocol
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli.budget import check_generation
 from gptcli.config import SampleConfig
 from gptcli.console import Console
 from gptcli.decoding import beam_search, decode_steps
 from gptcli.device import pick_device
+from gptcli.errors import Setting as S
 from gptcli.errors import SettingError
 from gptcli.tokenizer import BPETokenizer, StreamDecoder
 
@@ -49,16 +52,16 @@ def sample_config(given: dict, greedy: bool = False) -> SampleConfig:
     if beams > 1:
         if greedy or sampling:
             culprit = "greedy" if greedy and "temperature" not in given else sampling[0]
-            raise SettingError(f"{{}} {beams} searches, it does not sample: drop {{}}", "num_beams", culprit)
+            raise SettingError(S("num_beams"), f" {beams} searches, it does not sample: drop ", S(culprit))
         strategy = "beam"
     else:
         if beam_only:
-            raise SettingError("{} only applies to beam search: add {} N (N > 1)", beam_only[0], "num_beams")
+            raise SettingError(S(beam_only[0]), " only applies to beam search: add ", S("num_beams"), " N (N > 1)")
         if greedy:
             extra = [f for f in sampling if f != "temperature" and not (f == "num_samples" and given[f] == 1)]
             if extra or ("temperature" in given and given["temperature"] != 0):
-                raise SettingError("greedy decoding takes the most likely token: {} does not apply",
-                                   extra[0] if extra else "temperature")
+                raise SettingError("greedy decoding takes the most likely token: ",
+                                   S(extra[0] if extra else "temperature"), " does not apply")
             given.pop("temperature", None)
             strategy = "greedy"
         else:
@@ -165,14 +168,21 @@ class GenerateRequest:
     stream: bool = True  # write text as it is produced (single output only)
     json_lines: bool = False
     device: str = "auto"
+    keep: bool = False  # keep every output in the result (the sink has them anyway; memory grows with the count)
 
 
 @dataclass
 class GenerateResult:
     """What was generated; the sink already holds it as text or JSON lines."""
 
-    outputs: list[Output]
     sample: SampleConfig
+    count: int = 0  # outputs written to the sink
+    outputs: list[Output] = field(default_factory=list)  # with GenerateRequest.keep
+
+    def add(self, o: Output, keep: bool) -> None:
+        self.count += 1
+        if keep:
+            self.outputs.append(o)
 
     def to_json(self) -> list[dict]:
         return [o.record(self.sample) for o in self.outputs]
@@ -188,21 +198,26 @@ def escape_line(text: str) -> str:
 
 def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
     """Generate every output of the request, writing the product to `out` in input order."""
-    run = ckpt.resolve_run(req.checkpoint, console.info)
-    model, tok, _ = ckpt.load_run(run, pick_device(req.device))
+    run_dir = ckpt.resolve_run(req.checkpoint, console.info)
+    cfg = ckpt.model_config(ckpt.read_config(run_dir), run_dir)
+    beams = req.sample.num_beams if req.sample.strategy == "beam" else 1
+    rows = beams if beams > 1 else min(req.batch_size, len(req.prompts) * req.sample.num_samples)
+    check_generation(cfg, rows, req.sample.max_new_tokens, beams)
+    model, tok, _ = ckpt.load_run(run_dir, pick_device(req.device))
     block = model.config.block_size
     encoded = []
     for i, text in enumerate(req.prompts):
-        ids = tok.encode(text) or [tok.eot_id]  # an empty prompt starts a new document
+        ids = tok.encode_tail(text, block + 1) or [tok.eot_id]  # an empty prompt starts a new document
         if len(ids) > block:
-            console.warn(f"prompt {i + 1} has {len(ids)} tokens; keeping its last {block} (the model's context)")
+            console.warn(f"prompt {i + 1} is longer than the model's context: keeping its last {block} tokens")
             ids = ids[-block:]
         encoded.append(ids)
+    result = GenerateResult(req.sample)
     with torch.inference_mode():
         run_outputs = _beam_outputs if req.sample.strategy == "beam" else _sampled_outputs
-        results = run_outputs(model, tok, encoded, req, out)
+        run_outputs(model, tok, encoded, req, out, result)
     out.flush()
-    return GenerateResult(results, req.sample)
+    return result
 
 
 def _is_single(req: GenerateRequest) -> bool:
@@ -210,9 +225,9 @@ def _is_single(req: GenerateRequest) -> bool:
     return len(req.prompts) * (cfg.num_return if cfg.strategy == "beam" else cfg.num_samples) == 1
 
 
-def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest, out: Sink) -> list[Output]:
+def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest, out: Sink,
+                  result: GenerateResult) -> None:
     """Beam search, one prompt at a time; results print when each search ends."""
-    results = []
     for i, ids in enumerate(encoded):
         t0 = time.perf_counter()
         hyps = beam_search(model, ids, req.sample, tok.eot_id)
@@ -226,20 +241,17 @@ def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: Gener
             if not o.finish_reason:
                 o.close()
             o.logprob, o.score, o.tokens_per_second = h.logprob, h.score, rate
-            results.append(o)
+            result.add(o, req.keep)
             _emit(o, out, req, streamed=False)
-    return results
 
 
-def _sampled_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest,
-                     out: Sink) -> list[Output]:
+def _sampled_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: GenerateRequest, out: Sink,
+                     result: GenerateResult) -> None:
     """Greedy or sampled outputs, `batch_size` at a time; a single output streams."""
     cfg, device = req.sample, model.wte.weight.device
     streaming = _is_single(req) and req.stream and not req.json_lines
-    jobs = [(i, j) for i in range(len(encoded)) for j in range(cfg.num_samples)]
-    results = []
-    for start in range(0, len(jobs), req.batch_size):
-        batch = jobs[start:start + req.batch_size]
+    jobs = ((i, j) for i in range(len(encoded)) for j in range(cfg.num_samples))
+    while batch := list(itertools.islice(jobs, req.batch_size)):
         outs = [_new_output(i, req.prompts[i], j, tok, cfg) for i, j in batch]
         gens = [torch.Generator(device=device).manual_seed(sample_seed(cfg.seed, req.prompts[i], j)) for i, j in batch]
         t0, produced = time.perf_counter(), 0
@@ -262,9 +274,8 @@ def _sampled_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: Ge
                 if streaming and rest:
                     out.write(rest)
             o.tokens_per_second = rate
-            results.append(o)
+            result.add(o, req.keep)
             _emit(o, out, req, streamed=streaming)
-    return results
 
 
 def _new_output(i: int, prompt: str, sample: int, tok: BPETokenizer, cfg: SampleConfig) -> Output:

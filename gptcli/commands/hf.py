@@ -8,18 +8,21 @@ error OUT is left as it was. The name mapping is hf_weights.py's. Never unpickle
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli import checkpoint as ckpt
-from gptcli import folders
+from gptcli import folders, weights
+from gptcli.budget import check_model
 from gptcli.config import to_dict
 from gptcli.errors import UsageError
-from gptcli.hf_weights import from_hf_state_dict, hf_config, model_config_from_hf, to_hf_state_dict
+from gptcli.hf_weights import from_hf_header, from_hf_state_dict, hf_config, model_config_from_hf, to_hf_state_dict
 from gptcli.model import GPT
+from gptcli.readers import read_header, read_json
+from gptcli.runlock import lock_owner, run_lock
 from gptcli.tokenizer import EOT, BPETokenizer
-from gptcli.weights import check_tensors, load_state, read_tensors, save_tensors, save_weights, weights_dict
 from gptcli.workspace import TOKENIZER_FILE
 
 
@@ -42,8 +45,12 @@ class HFResult:
         return self.note
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    folders.check_out(out, overwrite, label=str(out), kind="a folder gptcli may replace", is_kind=lambda _: True)
+def _is_hf_folder(folder: Path) -> bool:
+    try:
+        doc = read_json(folder / "config.json")
+    except UsageError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("model_type"), str)
 
 
 # -- import ------------------------------------------------------------------------
@@ -79,20 +86,21 @@ def import_hf(req: HFRequest) -> HFResult:
         raise UsageError(f"{src}: no such folder" if not src.exists() else f"{src} is not a folder")
     if not (src / "config.json").is_file():
         raise UsageError(f"{src} has no config.json: not a Hugging Face model folder")
-    model_cfg = model_config_from_hf(ckpt.read_json(src / "config.json"), str(src / "config.json"))
-    weights = _hf_weights(src)
+    model_cfg = model_config_from_hf(read_json(src / "config.json"), str(src / "config.json"))
+    path = _hf_weights(src)
     tok = _hf_tokenizer(src)
-    _check_out(out, req.overwrite)
-    tensors = from_hf_state_dict(read_tensors(weights))
-    model = GPT(model_cfg)
-    check_tensors(model, tensors, weights, against="its config.json")
     if tok.vocab_size != model_cfg.vocab_size:
         raise UsageError(f"{src}: the tokenizer has {tok.vocab_size} tokens but the model has {model_cfg.vocab_size}")
-    load_state(model, tensors)
-    with folders.staged(out) as stage:
+    folders.check_out(out, req.overwrite, label=str(out), kind="a gptcli run folder", is_kind=ckpt.is_run,
+                      writer=lock_owner)
+    check_model(model_cfg, f"{src}'s model")
+    model = GPT(model_cfg)
+    weights.check_header(from_hf_header(read_header(path)), weights.expected_shapes(model), path, "its config.json")
+    weights.load_state(model, from_hf_state_dict(weights.read_tensors(path)))
+    with run_lock(out, lambda _: None) if out.is_dir() else contextlib.nullcontext(), folders.staged(out) as stage:
         ckpt.write_tokenizer(stage, tok)
         ckpt.write_config(stage, model_cfg, tok, {"imported_from": str(src), "steps": 0})
-        save_weights(stage / ckpt.WEIGHTS, model)
+        weights.save_weights(stage / ckpt.WEIGHTS, model)
     params = model.num_params()
     return HFResult({"run": str(out), "params": params, "model": to_dict(model_cfg), "vocab_size": tok.vocab_size},
                     f"imported {src} -> {out} ({params:,} parameters)")
@@ -112,7 +120,7 @@ def export_hf(req: HFRequest) -> HFResult:
     if not cfg.bias:
         raise UsageError(f"{run} was trained with --no-bias: GPT-2 layers have biases, so it cannot be exported "
                          "as GPT-2")
-    _check_out(out, req.overwrite)
+    folders.check_out(out, req.overwrite, label=str(out), kind="a Hugging Face model folder", is_kind=_is_hf_folder)
     tokenizer_config = {"tokenizer_class": "GPT2TokenizerFast", "bos_token": EOT, "eos_token": EOT, "unk_token": EOT,
                         "model_max_length": cfg.block_size, "add_prefix_space": False,
                         "clean_up_tokenization_spaces": False}
@@ -121,7 +129,7 @@ def export_hf(req: HFRequest) -> HFResult:
         for name, doc in (("config.json", hf_config(cfg, tok.eot_id)), ("tokenizer_config.json", tokenizer_config),
                           ("generation_config.json", generation_config)):
             (stage / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        save_tensors(to_hf_state_dict(weights_dict(model)), stage / "model.safetensors")
+        weights.save_tensors(to_hf_state_dict(weights.weights_dict(model)), stage / "model.safetensors")
         tok.save(stage / TOKENIZER_FILE)
     return HFResult({"out": str(out), "params": model.num_params()},
                     f"exported {run} -> {out}: load it with GPT2LMHeadModel.from_pretrained and "

@@ -1,7 +1,7 @@
 """What commands read besides run folders: text on stdin, prompt files, and corpora
 turned into tokens through the cache with a progress bar.
 
-Shared by train, eval, generate, tokenizer (and compare): each mechanism once.
+Shared by train, eval, generate and tokenizer: each mechanism once.
 """
 
 from __future__ import annotations
@@ -10,23 +10,46 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from gptcli.console import Console
-from gptcli.data import Document, TokenFile, lookup_cache, tokenize_to_cache
+from gptcli.corpus import Document
+from gptcli.data import TokenFile, lookup_cache, tokenize_to_cache
 from gptcli.errors import UsageError
 from gptcli.tokenizer import BPETokenizer
 
+MAX_STDIN_TEXT = 256 << 20  # what a prompt or a list of ids read whole from stdin may hold
 
-def read_stdin_text() -> str:
+
+def stdin_stream() -> BinaryIO:
+    """stdin, for reading text that was piped in."""
     if sys.stdin is None or sys.stdin.closed:
         raise UsageError("stdin is closed: pipe text in")
     if sys.stdin.isatty():
         raise UsageError("stdin is a terminal: pipe text in, e.g. echo hello | gptcli tokenizer encode")
-    data = sys.stdin.buffer.read()
+    return sys.stdin.buffer
+
+
+def read_stdin_text() -> str:
+    """All of stdin as text, up to MAX_STDIN_TEXT bytes (a prompt, a prompts list, ids)."""
+    data = stdin_stream().read(MAX_STDIN_TEXT + 1)
+    if len(data) > MAX_STDIN_TEXT:
+        raise UsageError(f"stdin holds more than {MAX_STDIN_TEXT >> 20} MiB, more than a prompt or a list of prompts "
+                         "or ids may: save it to a file, or use `gptcli tokenizer encode` to stream it")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"stdin is not UTF-8 text (invalid byte at {e.start})") from None
+
+
+def check_text(text: str, what: str) -> str:
+    """Text given as an argument: Python hands invalid UTF-8 in argv over as lone
+    surrogates, which no tokenizer (and no output) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what} is not valid UTF-8 text (a bad byte at character {e.start})") from None
+    return text
 
 
 def stdin_is_piped() -> bool:
@@ -46,7 +69,7 @@ def read_prompts(source: str) -> list[str]:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise UsageError(f"--prompts {source} is not UTF-8 text") from None
-    lines = text.splitlines()
+    lines = _lines(text)
     if lines and all(line.lstrip().startswith("{") for line in lines if line.strip()):
         prompts = []
         for n, line in enumerate(lines, 1):
@@ -63,10 +86,20 @@ def read_prompts(source: str) -> list[str]:
     return lines
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split at \n alone (a CRLF's \r goes too): U+2028, form feeds and other
+    characters str.splitlines() breaks at stay inside a prompt, so outputs line up with
+    input lines."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def tokens(docs: list[Document], tok: BPETokenizer, console: Console, what: str) -> TokenFile:
     """The documents' tokens from the cache, or tokenized into it under a progress bar."""
     total = sum(d.n_bytes for d in docs)
-    tf = lookup_cache(docs, tok)
+    tf = lookup_cache(docs, tok, warn=console.warn)
     if tf is not None:
         how = "cached"
     else:

@@ -1,17 +1,20 @@
 """`gptcli tokenizer train|encode|decode`: a byte-level BPE tokenizer on its own, for
-pipelines (text on stdin -> ids on stdout, and back)."""
+pipelines (text on stdin -> ids on stdout, and back). encode streams: its memory does not
+grow with the input."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 from gptcli.console import Console
-from gptcli.data import collect_documents, iter_documents_text
+from gptcli.corpus import READ_BYTES, documents, iter_documents_text
 from gptcli.errors import UsageError
-from gptcli.tokenizer import BPETokenizer
+from gptcli.tokenizer import BPETokenizer, safe_split
 from gptcli.workspace import TOKENIZER, TOKENIZER_FILE
 
 
@@ -24,20 +27,27 @@ class TrainTokenizerRequest:
 
 
 @dataclass
-class CodecRequest:
+class DecodeRequest:
     tokenizer: Path | None  # tokenizer.json, its folder or a run folder; None: ./tokenizer/
-    read: Callable[[], str]  # the input (encode: text; decode: ids), read once the tokenizer has loaded
+    read: Callable[[], str]  # the ids as text, read once the tokenizer has loaded
 
 
 @dataclass
-class Ids:
-    ids: list[int]
+class EncodeRequest:
+    tokenizer: Path | None
+    source: Callable[[], BinaryIO]  # opens the UTF-8 text, read in pieces once the tokenizer has loaded
+    json_list: bool = False  # a JSON list instead of space-separated ids
 
-    def to_json(self) -> list[int]:
-        return self.ids
+
+@dataclass
+class Encoded:
+    count: int  # ids written
+
+    def to_json(self) -> dict:
+        return {"ids": self.count}
 
     def to_text(self) -> str:
-        return " ".join(map(str, self.ids))
+        return f"{self.count:,} ids"
 
 
 @dataclass
@@ -55,18 +65,42 @@ def train(req: TrainTokenizerRequest, console: Console) -> Text:
     target = req.out if req.out.suffix == ".json" else req.out / TOKENIZER_FILE
     if target.exists() and not req.overwrite:
         raise UsageError(f"{target} exists: pass --overwrite to replace it")
-    docs = collect_documents(req.paths, console.warn)
-    tok = BPETokenizer.train(iter_documents_text(docs), req.vocab_size)
+    with documents(req.paths, console.warn) as docs:
+        tok = BPETokenizer.train(iter_documents_text(docs), req.vocab_size)
     tok.save(target)
     return Text(f"wrote {target} ({tok.vocab_size} tokens)")
 
 
-def encode(req: CodecRequest) -> Ids:
+def encode(req: EncodeRequest, out: TextIO) -> Encoded:
+    """Stream the ids of the source to `out`, a piece of text at a time: memory stays
+    bounded whatever the input's size, and the ids equal those of the whole text."""
     tok = BPETokenizer.load(req.tokenizer or TOKENIZER)
-    return Ids(tok.encode(req.read()))
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    pending, count, read = "", 0, 0
+    source = req.source()
+    out.write("[" if req.json_list else "")
+    while True:
+        block = source.read(READ_BYTES)
+        try:
+            pending += utf8.decode(block, final=not block)
+        except UnicodeDecodeError as e:
+            raise UsageError(f"stdin is not UTF-8 text (invalid byte at {read + e.start})") from None
+        read += len(block)
+        cut = len(pending) if not block else safe_split(pending, max(len(pending) - READ_BYTES, 0), len(pending))
+        piece, pending = pending[:cut], pending[cut:]
+        ids = tok.encode(piece) if piece else []
+        if ids:
+            sep = ", " if req.json_list else " "
+            out.write((sep if count else "") + sep.join(map(str, ids)))
+            count += len(ids)
+        if not block:
+            break
+    out.write("]\n" if req.json_list else "\n")
+    out.flush()
+    return Encoded(count)
 
 
-def decode(req: CodecRequest) -> Text:
+def decode(req: DecodeRequest) -> Text:
     """Ids, space-separated or as a JSON list, back to text."""
     tok = BPETokenizer.load(req.tokenizer or TOKENIZER)
     raw = req.read().strip()

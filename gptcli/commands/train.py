@@ -1,33 +1,37 @@
 """`gptcli train`: corpus -> tokenizer -> token cache -> model -> trainer -> run folder.
 
 Owns the decisions between the stages (which settings, which tokenizer, which run
-folder, what resume restores) and the trainer's hooks that write checkpoints, metrics and
-progress. The loop itself is trainer.py's; run folders are checkpoint.py's.
+folder, what resume restores) and the order that keeps users' files safe: every check
+runs before anything is created or deleted; a new tokenizer is saved only once the data
+fits; `--overwrite` trains beside the old run and swaps it in at the end; a run that
+fails before its first checkpoint leaves nothing behind. The loop is trainer.py's, the
+hooks run_folder.py's, run folders checkpoint.py's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptcli import atomic, folders, workspace
+from gptcli import budget, folders, workspace
 from gptcli import checkpoint as ckpt
 from gptcli.commands import inputs
-from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, from_dict, preset, to_dict
-from gptcli.console import Console, format_duration
-from gptcli.data import Split, check_fits, check_val_fraction, collect_documents, iter_documents_text, split_train_val
-from gptcli.device import dist_info, pick_device, pick_precision, rng_state, seed_everything, set_rng_state
+from gptcli.commands.run_folder import RunFolderHooks
+from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, flag, from_dict, preset, to_dict
+from gptcli.console import Console
+from gptcli.corpus import Document, documents, iter_documents_text
+from gptcli.data import Split, check_fits, split_train_val
+from gptcli.device import dist_info, pick_device, pick_precision, seed_everything
 from gptcli.errors import UsageError
 from gptcli.model import GPT
-from gptcli.runlock import lock_owner, run_lock
+from gptcli.runlock import lock_owner, refuse_if_locked, run_lock
 from gptcli.tokenizer import BPETokenizer
-from gptcli.trainer import Hooks, Trainer
-from gptcli.weights import save_weights
+from gptcli.trainer import Trainer
 from gptcli.workspace import TOKENIZER_FILE
 
 # Settings a resumed run may change: where it runs and when it stops.
@@ -45,7 +49,7 @@ class TrainRequest:
     overwrite: bool = False
     tokenizer: Path | None = None
     val: list[str] = field(default_factory=list)
-    val_fraction: float = 0.1
+    allow_corpus_change: bool = False  # resume on a corpus whose digests differ from the recorded ones
 
 
 @dataclass
@@ -84,143 +88,7 @@ def settings_for(preset_name: str, given: dict) -> tuple[ModelConfig, TrainConfi
     return ModelConfig(**model), TrainConfig(**train)
 
 
-# -- run folder and tokenizer ------------------------------------------------------------
-
-
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a bad --out before any slow work; nothing is created yet."""
-    folders.check_out(out, overwrite, label=f"--out {out}", kind="a gptcli run folder", is_kind=ckpt.is_run,
-                      writer=lock_owner, hint=f", or --resume {out} to continue it")
-
-
-def create_out(out: Path, overwrite: bool) -> Path:
-    """Create the run folder (replacing an old run with --overwrite)."""
-    check_out(out, overwrite)
-    if out.is_dir() and overwrite and any(out.iterdir()):
-        shutil.rmtree(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        raise UsageError(f"cannot write to --out {out}: permission denied") from None
-    except OSError as e:
-        raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
-    return out
-
-
-def resolve_tokenizer(req: TrainRequest, docs, console: Console) -> BPETokenizer:
-    """--tokenizer, else ./tokenizer/tokenizer.json, else train one there."""
-    if req.tokenizer is not None:
-        tok = BPETokenizer.load(req.tokenizer)
-        console.info(f"tokenizer: using {req.tokenizer} ({tok.vocab_size} tokens)")
-    elif (workspace.TOKENIZER / TOKENIZER_FILE).is_file():
-        tok = BPETokenizer.load(workspace.TOKENIZER)
-        console.info(f"tokenizer: reusing {workspace.TOKENIZER / TOKENIZER_FILE} ({tok.vocab_size} tokens)")
-    else:
-        size = req.settings.get("vocab_size", workspace.DEFAULT_VOCAB)
-        console.info(f"tokenizer: none found, training a {size}-token byte-level BPE on the corpus")
-        t0 = time.perf_counter()
-        tok = BPETokenizer.train(iter_documents_text(docs), size)
-        path = tok.save(workspace.TOKENIZER)
-        console.info(f"tokenizer: saved {path} ({tok.vocab_size} tokens, {time.perf_counter() - t0:.1f}s)")
-        if tok.vocab_size < size:
-            console.warn(f"the corpus only supported {tok.vocab_size} of the {size} tokens asked for")
-        return tok
-    asked = req.settings.get("vocab_size")
-    if asked is not None and asked != tok.vocab_size:
-        raise UsageError(f"--vocab-size {asked} disagrees with the tokenizer in use ({tok.vocab_size} tokens): "
-                         "drop --vocab-size, or train one with `gptcli tokenizer train` and pass --tokenizer")
-    return tok
-
-
-# -- hooks: where the trainer's reports land ------------------------------------------
-
-
-class RunFolderHooks(Hooks):
-    def __init__(self, run: Path, model_cfg: ModelConfig, tok: BPETokenizer, summary: dict, bar):
-        self.run, self.model_cfg, self.tok, self.summary, self.bar = run, model_cfg, tok, summary, bar
-
-    def _status(self, trainer: Trainer, loss: float | None = None) -> str:
-        ev = trainer.state.last_eval
-        parts = [f"loss {loss:.4f}" if loss is not None else ""]
-        if ev:
-            parts.append(f"val {ev['val_loss']:.4f} ({ev['val_bpb']:.3f} bpb)")
-        return " | ".join(p for p in parts if p)
-
-    def on_step(self, trainer: Trainer) -> None:
-        if self.bar.is_bar:
-            s = trainer.state
-            self.bar.update(s.step, total=max(s.total_steps, s.step) if s.total_steps else None)
-
-    def on_log(self, trainer: Trainer, record: dict) -> None:
-        ckpt.append_metrics(self.run, record)
-        s, cfg = trainer.state, trainer.cfg
-        # A --max-time run may outlast its fitted schedule (it then trains at the floor LR).
-        total = max(s.total_steps, s.step) if s.total_steps else None
-        status = (f"{self._status(trainer, record['loss'])} | lr {record['lr']:.2e} | "
-                  f"{record['tokens_per_sec']:,.0f} tok/s")
-        if self.bar.is_bar:
-            self.bar.update(s.step, status, total=total)
-            return
-        if cfg.max_time is not None:
-            eta = cfg.max_time - s.elapsed
-            if trainer.planned_steps() is not None:
-                eta = min(eta, (total - s.step) * s.elapsed / s.step)
-        else:
-            eta = (total - s.step) * s.elapsed / s.step if total else None
-        self.bar.line(f"step {s.step}" + (f"/{total}" if total else "") + f" | {status}"
-                      + (f" | eta {format_duration(eta)}" if eta is not None else ""))
-
-    def on_eval(self, trainer: Trainer, record: dict) -> None:
-        ckpt.append_metrics(self.run, record)
-        self.bar.line(f"eval step {record['step']}: train {record['train_loss']:.4f} | val {record['val_loss']:.4f} "
-                      f"| val {record['val_bpb']:.4f} bits/byte")
-
-    def on_checkpoint(self, trainer: Trainer, is_best: bool) -> None:
-        # resume/ first: a kill before the best weights or config.json are written leaves
-        # resume/ ahead of them, and resuming catches them up (restore_from). The other
-        # order could leave a new best beside a trainer state that never saw it.
-        ckpt.save_resume(self.run, trainer.model, trainer.optimizer, {**trainer.state_dict(), "rng": rng_state()})
-        if is_best or not (self.run / ckpt.WEIGHTS).is_file():
-            save_weights(self.run / ckpt.WEIGHTS, trainer.model)
-        self.write_summary(trainer)
-
-    def write_summary(self, trainer: Trainer) -> None:
-        self.summary.update(training_summary(trainer))
-        ckpt.write_config(self.run, self.model_cfg, self.tok, self.summary)
-
-    def restore_from(self, trainer: Trainer) -> None:
-        """Load resume/ into the trainer, then bring the rest of the folder up to it: a kill
-        can fall after resume/ is swapped in and before model.safetensors or config.json
-        are written (and metrics.jsonl may run past the checkpoint)."""
-        ckpt.clean_stale(self.run)
-        state = ckpt.load_resume(self.run, trainer.model, trainer.optimizer)
-        trainer.load_state_dict(state)
-        set_rng_state(state["rng"])
-        s = trainer.state
-        self.bar.line(f"resuming {self.run} at step {s.step}")
-        if s.best_step == s.step and ckpt.restore_best(self.run):
-            self.bar.line(f"{ckpt.WEIGHTS}: restored the best weights of step {s.step}, which the last run "
-                          "stopped before writing")
-        _truncate_metrics(self.run, s.step)
-        self.write_summary(trainer)
-
-
-def training_summary(trainer: Trainer) -> dict:
-    s = trainer.state
-    best = s.last_eval if s.last_eval.get("step") == s.best_step else {}
-    return {"steps": s.step, "tokens_seen": s.tokens_seen, "elapsed_sec": round(s.elapsed, 2),
-            "schedule_steps": s.total_steps, "best_step": s.best_step, "best_val_loss": s.best_val_loss,
-            **({"best_val_bpb": best["val_bpb"]} if best else {}),
-            "last_eval": s.last_eval}
-
-
-def _truncate_metrics(run: Path, step: int) -> None:
-    """Drop records a killed run wrote after its last checkpoint: they are redone."""
-    records = [r for r in ckpt.read_metrics(run) if r.get("step", 0) <= step]
-    atomic.write_text(run / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in records))
-
-
-# -- planning: every check before any slow work -----------------------------------------
+# -- planning: every check before any work ------------------------------------------
 
 
 @dataclass
@@ -232,9 +100,9 @@ class _Plan:
     train_cfg: TrainConfig
     paths: list[str]
     val_paths: list[str]
-    val_fraction: float
     previous: dict  # the training summary of a resumed run; empty for a new one
-    tok: BPETokenizer | None  # known up front only when resuming
+    tok: BPETokenizer | None  # known up front when resuming or fine-tuning
+    init_weights: dict | None = None  # --init: the weights to start from
 
 
 def _plan_resume(req: TrainRequest) -> _Plan:
@@ -243,39 +111,100 @@ def _plan_resume(req: TrainRequest) -> _Plan:
         raise UsageError("--resume continues a run in place: it takes no --out, --overwrite, --init or --tokenizer")
     doc = ckpt.read_config(run)
     ckpt.resume_dir(run)
-    fixed = sorted(set(req.settings) - set(RESUMABLE)) + (["preset"] if req.preset is not None else [])
-    if fixed:
-        raise UsageError(f"--{fixed[0].replace('_', '-')} cannot change when resuming; only "
-                         "--max-steps, --max-time, --epochs, --patience, --device and --compile can")
     previous = doc.get("training") or {}
     train_cfg = from_dict(TrainConfig, previous.get("config") or {}, f"{run / ckpt.CONFIG} training config")
+    if "val_fraction" not in (previous.get("config") or {}) and previous.get("val_fraction") is not None:
+        train_cfg.val_fraction = previous["val_fraction"]  # a run from before val_fraction was a setting
+    model_cfg = ckpt.model_config(doc, run)
+    recorded = {**to_dict(model_cfg), **to_dict(train_cfg)}
+    fixed = sorted(k for k, v in req.settings.items() if k not in RESUMABLE and recorded.get(k) != v)
+    if req.preset is not None and req.preset != previous.get("preset"):
+        fixed.append("preset")
+    if fixed:
+        raise UsageError(f"{flag(fixed[0])} cannot change when resuming; only "
+                         f"{', '.join(flag(name) for name in RESUMABLE)} can")
+    refuse_if_locked(run)  # before any slow work; run_lock checks again when training starts
     for name in set(req.settings) & set(RESUMABLE):
         setattr(train_cfg, name, req.settings[name])
     train_cfg.dtype = previous.get("dtype", train_cfg.dtype)  # the precision it ran in, for exactness
-    model_cfg = ckpt.model_config(doc, run)
     paths = req.paths or previous.get("corpus") or []
-    if "<stdin>" in paths:
+    if "<stdin>" in paths and not req.paths:
         raise UsageError(f"{run} was trained on stdin: pipe the same text again with `gptcli train - --resume {run}`")
     tok = BPETokenizer.load(run / TOKENIZER_FILE)
     ckpt.check_tokenizer(tok, model_cfg, doc, run)
-    return _Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [],
-                 previous.get("val_fraction") or req.val_fraction, previous, tok)
+    ckpt.read_metrics(run)  # a damaged metrics.jsonl stops here, before anything is written
+    return _Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [], previous, tok)
 
 
 def _plan_new(req: TrainRequest) -> _Plan:
     if req.tokenizer is not None and req.init is not None:
         raise UsageError("--tokenizer and --init disagree: --init uses the tokenizer of the run it starts from")
+    if req.allow_corpus_change:
+        raise UsageError("--allow-corpus-change only applies with --resume")
     model_cfg, train_cfg = settings_for(req.preset or DEFAULT_PRESET, req.settings)
     train_cfg.validate()
     if train_cfg.max_steps is None and train_cfg.max_time is None and train_cfg.epochs is None:
         train_cfg.max_steps = DEFAULT_MAX_STEPS
     if not req.paths:
         raise UsageError("no corpus given: pass one or more files, folders, or - for stdin")
-    check_val_fraction(req.val_fraction)
     model_cfg.validate()  # the vocabulary given, or the default: the tokenizer's replaces it later
     run = req.out or workspace.default_run_folder(req.paths)
-    check_out(run, req.overwrite)
-    return _Plan(run, model_cfg, train_cfg, req.paths, req.val, req.val_fraction, {}, None)
+    folders.check_out(run, req.overwrite, label=f"--out {run}", kind="a gptcli run folder", is_kind=ckpt.is_run,
+                      writer=lock_owner, hint=f", or --resume {run} to continue it")
+    tok, weights = None, None
+    if req.init is not None:
+        init_model, tok, _ = ckpt.load_run(req.init)
+        weights = init_model.state_dict()
+        model_cfg = dataclasses.replace(init_model.config, dropout=model_cfg.dropout)
+    elif req.tokenizer is not None:
+        tok = BPETokenizer.load(req.tokenizer)
+    budget.check_training(dataclasses.replace(model_cfg, vocab_size=tok.vocab_size if tok else model_cfg.vocab_size),
+                          train_cfg.batch_size)
+    return _Plan(run, model_cfg, train_cfg, req.paths, req.val, {}, tok, weights)
+
+
+def _check_same_corpus(plan: _Plan, docs: list[Document], val_docs: list[Document], allow: bool) -> None:
+    """--resume on other text than the run was trained (or validated) on is refused: the
+    batches would differ, and "best" would compare losses on different validation sets."""
+    for what, key, given in (("corpus", "corpus_digests", docs), ("validation text", "val_digests", val_docs)):
+        recorded = plan.previous.get(key)
+        if recorded is not None and recorded != [d.digest for d in given] and not allow:
+            raise UsageError(f"the {what} differs from the one {plan.run} was trained on (its contents changed, or "
+                             "other files were given): pass --allow-corpus-change to continue anyway")
+
+
+def _tokenizer(req: TrainRequest, plan: _Plan, docs: list[Document], console: Console) -> tuple[BPETokenizer, bool]:
+    """The plan's tokenizer, else ./tokenizer/tokenizer.json, else a new one trained on the
+    corpus (returned unsaved, with True: it is saved once the data is known to fit)."""
+    if plan.tok is not None:
+        if req.tokenizer is not None:
+            console.info(f"tokenizer: using {req.tokenizer} ({plan.tok.vocab_size} tokens)")
+        tok = plan.tok
+    elif (workspace.TOKENIZER / TOKENIZER_FILE).is_file():
+        tok = BPETokenizer.load(workspace.TOKENIZER)
+        console.info(f"tokenizer: reusing {workspace.TOKENIZER / TOKENIZER_FILE} ({tok.vocab_size} tokens)")
+    else:
+        size = req.settings.get("vocab_size", workspace.DEFAULT_VOCAB)
+        console.info(f"tokenizer: none found, training a {size}-token byte-level BPE on the corpus")
+        t0 = time.perf_counter()
+        tok = BPETokenizer.train(iter_documents_text(docs), size)
+        console.info(f"tokenizer: trained in {time.perf_counter() - t0:.1f}s ({tok.vocab_size} tokens)")
+        if tok.vocab_size < size:
+            console.warn(f"the corpus only supported {tok.vocab_size} of the {size} tokens asked for")
+        return tok, True
+    asked = req.settings.get("vocab_size")
+    if asked is not None and asked != tok.vocab_size and req.resume is None and req.init is None:
+        raise UsageError(f"--vocab-size {asked} disagrees with the tokenizer in use ({tok.vocab_size} tokens): "
+                         "drop --vocab-size, or train one with `gptcli tokenizer train` and pass --tokenizer")
+    return tok, False
+
+
+def _splits(plan: _Plan, docs, val_docs, tok: BPETokenizer, console: Console) -> tuple[Split, Split]:
+    tf = inputs.tokens(docs, tok, console, "corpus")
+    if val_docs:
+        vf = inputs.tokens(val_docs, tok, console, "validation")
+        return Split(tf.array(), tf.n_bytes), Split(vf.array(), vf.n_bytes)
+    return split_train_val(tf.array(), tok.token_byte_lengths(), plan.train_cfg.val_fraction)
 
 
 # -- the command -------------------------------------------------------------------
@@ -284,68 +213,127 @@ def _plan_new(req: TrainRequest) -> _Plan:
 def run(req: TrainRequest, console: Console) -> TrainResult:
     rank, world = dist_info()
     plan = _plan_resume(req) if req.resume is not None else _plan_new(req)
-    train_cfg = plan.train_cfg
-    device = pick_device(train_cfg.device)
-    precision = pick_precision(train_cfg.dtype, device)
-
-    docs = collect_documents(plan.paths, console.warn)
-    tok, model_cfg, init_weights = plan.tok, plan.model_cfg, None
-    if req.resume is None and req.init is not None:
-        init_model, tok, _ = ckpt.load_run(req.init)
-        init_weights = init_model.state_dict()
-        model_cfg = dataclasses.replace(init_model.config, dropout=model_cfg.dropout)
-        console.info(f"init: starting from the weights of {req.init}")
-    elif tok is None:
-        tok = resolve_tokenizer(req, docs, console)
-    tf = inputs.tokens(docs, tok, console, "corpus")
-    byte_lengths = tok.token_byte_lengths()
-    if plan.val_paths:
-        vf = inputs.tokens(collect_documents(plan.val_paths, console.warn), tok, console, "validation")
-        train_split, val_split = Split(tf.array(), tf.n_bytes), Split(vf.array(), vf.n_bytes)
-    else:
-        train_split, val_split = split_train_val(tf.array(), byte_lengths, plan.val_fraction)
-    model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.vocab_size).validate()
+    device = pick_device(plan.train_cfg.device)
+    precision = pick_precision(plan.train_cfg.dtype, device)
+    with documents(plan.paths, console.warn) as docs, documents(plan.val_paths, console.warn) if plan.val_paths \
+            else contextlib.nullcontext([]) as val_docs:
+        if req.resume is not None:
+            _check_same_corpus(plan, docs, val_docs, req.allow_corpus_change)
+        tok, new_tokenizer = _tokenizer(req, plan, docs, console)
+        train_split, val_split = _splits(plan, docs, val_docs, tok, console)
+        corpus = {"corpus": [d.name for d in docs], "corpus_digests": [d.digest for d in docs],
+                  "val_digests": [d.digest for d in val_docs]}
+    model_cfg = dataclasses.replace(plan.model_cfg, vocab_size=tok.vocab_size).validate()
     check_fits(train_split, model_cfg.block_size, "training")
     check_fits(val_split, model_cfg.block_size, "validation")
+    budget.check_training(model_cfg, plan.train_cfg.batch_size)
 
-    run = plan.run if req.resume is not None else create_out(plan.run, req.overwrite)
-    with run_lock(run, console.warn):  # one writer per run folder
-        seed_everything(train_cfg.seed)
-        model = GPT(model_cfg)
-        if init_weights is not None:
-            model.load_state_dict(init_weights)
-        model.to(device)
-        summary = dict(plan.previous) or {
-            "preset": req.preset or DEFAULT_PRESET, "corpus": [d.name for d in docs], "val_paths": list(plan.val_paths),
-            "val_fraction": None if plan.val_paths else plan.val_fraction, "init": str(req.init) if req.init else None,
-        }
-        summary.update({"config": to_dict(train_cfg), "device": device.type, "dtype": precision.name,
-                        "params": model.num_params(), "train_tokens": len(train_split.tokens),
-                        "val_tokens": len(val_split.tokens), "val_bytes": val_split.n_bytes})
-        console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, "
-                     f"{model_cfg.n_head} heads, {model_cfg.n_embd} wide, context {model_cfg.block_size} | "
-                     f"{device.type} {precision.name}")
+    if new_tokenizer:
+        path = tok.save(workspace.TOKENIZER)
+        console.info(f"tokenizer: saved {path}")
+    summary = dict(plan.previous) or {
+        "preset": req.preset or DEFAULT_PRESET, **corpus, "val_paths": list(plan.val_paths),
+        "val_fraction": None if plan.val_paths else plan.train_cfg.val_fraction,
+        "init": str(req.init) if req.init else None}
+    summary.update({"config": to_dict(plan.train_cfg), "device": device.type, "dtype": precision.name,
+                    "train_tokens": len(train_split.tokens), "val_tokens": len(val_split.tokens),
+                    "val_bytes": val_split.n_bytes})
+    setup = _Setup(model_cfg, plan, tok, train_split, val_split, precision, summary, rank, world)
+    try:
+        return _train_in_folder(req, setup, console)
+    except BaseException:
+        if new_tokenizer and not setup.checkpointed:  # nothing came of it: no trace of it
+            (workspace.TOKENIZER / TOKENIZER_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                workspace.TOKENIZER.rmdir()
+        raise
 
-        with console.progress("training", None, "steps") as bar:
-            hooks = RunFolderHooks(run, model_cfg, tok, summary, bar)
-            trainer = Trainer(model, train_cfg, train_split, val_split, byte_lengths, precision, hooks, rank, world)
-            if req.resume is not None:
-                hooks.restore_from(trainer)
-            else:
-                ckpt.write_tokenizer(run, tok)
-                ckpt.write_config(run, model_cfg, tok, summary)
-                save_weights(run / ckpt.WEIGHTS, model)
-            if train_cfg.compile:
-                trainer.try_compile(console.warn)
-            restore, received = _install_stop_handlers(trainer)
-            try:
-                reason = trainer.run()
-            finally:
-                restore()
-        summary["stop_reason"] = reason
-        if rank == 0:
-            ckpt.write_config(run, model_cfg, tok, summary)
-        return TrainResult(run, reason, summary, received[0] if received else None)
+
+@dataclass
+class _Setup:
+    model_cfg: ModelConfig
+    plan: _Plan
+    tok: BPETokenizer
+    train_split: Split
+    val_split: Split
+    precision: object
+    summary: dict
+    rank: int
+    world: int
+    hooks: RunFolderHooks | None = None  # once training starts
+
+    @property
+    def checkpointed(self) -> bool:
+        """Whether this process wrote a checkpoint (a run folder worth keeping)."""
+        return self.hooks is not None and self.hooks.checkpoints > 0
+
+
+def _train_in_folder(req: TrainRequest, s: _Setup, console: Console) -> TrainResult:
+    """Train into the run folder: in place when resuming; beside an old run that
+    --overwrite replaces (the old one stays until the new one ends); else in a new folder,
+    removed again if the run fails before its first checkpoint."""
+    out = s.plan.run
+    if req.resume is not None:
+        with run_lock(out, console.warn):
+            return _train(out, s, console, resume=True)
+    if req.overwrite and out.is_dir() and any(out.iterdir()):
+        with run_lock(out, console.warn):  # nobody resumes the old run while its replacement trains
+            with folders.staged(out) as stage:
+                with run_lock(stage, console.warn):
+                    result = _train(stage, s, console, resume=False)
+            return dataclasses.replace(result, run=out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
+    try:
+        with run_lock(out, console.warn):
+            return _train(out, s, console, resume=False)
+    except BaseException:
+        if not s.checkpointed:  # failed before its first checkpoint: leave nothing
+            shutil.rmtree(out, ignore_errors=True) if created else _empty(out)
+        raise
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+def _train(run: Path, s: _Setup, console: Console, resume: bool) -> TrainResult:
+    train_cfg, model_cfg = s.plan.train_cfg, s.model_cfg
+    seed_everything(train_cfg.seed)
+    model = GPT(model_cfg)
+    if s.plan.init_weights is not None:
+        model.load_state_dict(s.plan.init_weights)
+    model.to(s.precision.device)
+    s.summary["params"] = model.num_params()
+    console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, "
+                 f"{model_cfg.n_head} heads, {model_cfg.n_embd} wide, context {model_cfg.block_size} | "
+                 f"{s.precision.device.type} {s.precision.name}")
+    if s.plan.init_weights is not None:
+        console.info(f"init: starting from the weights of {s.summary['init']}")
+    with console.progress("training", None, "steps") as bar:
+        hooks = s.hooks = RunFolderHooks(run, model_cfg, s.tok, s.summary, bar)
+        trainer = Trainer(model, train_cfg, s.train_split, s.val_split, s.tok.token_byte_lengths(), s.precision, hooks,
+                          s.rank, s.world)
+        if resume:
+            hooks.restore_from(trainer)
+        else:
+            ckpt.write_tokenizer(run, s.tok)
+            ckpt.write_config(run, model_cfg, s.tok, s.summary)
+        if train_cfg.compile:
+            trainer.try_compile(console.warn)
+        restore, received = _install_stop_handlers(trainer)
+        try:
+            reason = trainer.run()
+        finally:
+            restore()
+    s.summary["stop_reason"] = reason
+    if s.rank == 0:
+        ckpt.write_config(run, model_cfg, s.tok, s.summary)
+    return TrainResult(run, reason, s.summary, received[0] if received else None)
 
 
 def _install_stop_handlers(trainer: Trainer):
