@@ -113,8 +113,9 @@ def _spool(stream: BinaryIO, name: str, label: str) -> Document:
 
 
 def _is_gptcli_folder(folder: Path, own: set[Path]) -> bool:
-    """A run folder (its config.json says so), or the workspace's own tokenizer, runs or cache."""
-    if folder.resolve() in own:
+    """The workspace's own tokenizer, runs or cache, or a model folder: a run folder (its
+    config.json says so) or any folder of weights, such as an export-hf."""
+    if folder.resolve() in own or (folder / "model.safetensors").exists():
         return True
     config = folder / "config.json"
     try:
@@ -132,7 +133,7 @@ def _walk(folder: Path, warn: Warn) -> Iterator[Path]:
             if d.startswith("."):
                 continue
             if _is_gptcli_folder(Path(root) / d, own):
-                warn(f"skipping {Path(root) / d}: a folder gptcli wrote")
+                warn(f"skipping {Path(root) / d}: a folder of gptcli's or of a model, not text")
                 continue
             kept.append(d)
         dirs[:] = kept

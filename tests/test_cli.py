@@ -367,3 +367,18 @@ def test_closed_stdin_is_a_clear_error(small_corpus):
     cmd = f"{sys.executable} -m gptcli tokenizer encode --tokenizer {small_corpus.parent / 'tok'} <&-"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: stdin is closed: pipe text in", proc.stderr
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(monkeypatch, capsys, small_corpus):
+    """No run folder, no ./tokenizer/ it trained, no lock: nothing a later command could
+    mistake for a run (a folder of random weights used to look like 'the newest run')."""
+    from gptcli.errors import RunError
+    from gptcli.trainer import Trainer
+
+    def diverge(self):
+        raise RunError("loss became nan at step 1; stopping: no checkpoint was written. Try a lower --lr")
+
+    monkeypatch.setattr(Trainer, "run", diverge)
+    code, out, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--out", "run")
+    assert_clean_error(code, out, err, expected_code=1, match="loss became nan")
+    assert sorted(p.name for p in small_corpus.parent.iterdir()) == ["corpus.txt"]

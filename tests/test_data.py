@@ -137,3 +137,32 @@ def test_spread_windows_are_fixed_and_span_the_split():
     w = spread_windows(tokens, 16, 10)
     np.testing.assert_array_equal(w, spread_windows(tokens, 16, 10))
     assert w[0, 0] == 0 and w[-1, -1] == 999
+
+
+@pytest.mark.parametrize("damage", ["same-size", "truncate", "meta", "ids-beyond-vocab"])
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(tmp_path, mixed_tokenizer, damage):
+    import json
+
+    (tmp_path / "a.txt").write_text("some text to cache " * 200)
+    docs = collect_documents([str(tmp_path / "a.txt")], print)
+    tf, _ = tokenize_to_cache(docs, mixed_tokenizer, cache_dir=tmp_path / "c")
+    good = np.array(tf.array())
+    if damage == "same-size":
+        tf.path.write_bytes(bytes(tf.path.stat().st_size))
+    elif damage == "truncate":
+        tf.path.write_bytes(tf.path.read_bytes()[:7])
+    elif damage == "meta":
+        tf.path.with_suffix(".json").write_text("{oops")
+    else:  # ids no model could embed, with a digest and meta that agree with them
+        import hashlib
+
+        bad = np.full(tf.n_tokens, 65000, dtype=np.uint16)
+        tf.path.write_bytes(bad.tobytes())
+        meta_path = tf.path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text())
+        meta.update(blake2b=hashlib.blake2b(bad.tobytes(), digest_size=20).hexdigest(), max_id=65000)
+        meta_path.write_text(json.dumps(meta))
+    warnings = []
+    again, cached = tokenize_to_cache(docs, mixed_tokenizer, cache_dir=tmp_path / "c", warn=warnings.append)
+    assert not cached and warnings and "damaged" in warnings[0]
+    np.testing.assert_array_equal(again.array(), good)

@@ -74,3 +74,14 @@ def test_load_rejects_non_tokenizers(tmp_path, content):
     path.write_text(content)
     with pytest.raises(UsageError):
         BPETokenizer.load(path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab cd\n\t 日本🙂é.,")), max_size=3000), n=st.integers(1, 40))
+def test_encode_tail_equals_the_end_of_the_whole_encoding(mixed_tokenizer, text, n):
+    assert mixed_tokenizer.encode_tail(text, n) == mixed_tokenizer.encode(text)[-n:]
+
+
+def test_encode_tail_of_a_long_text_reads_only_its_end(mixed_tokenizer, shakespeare_text):
+    text = shakespeare_text * 3
+    assert mixed_tokenizer.encode_tail(text, 64) == mixed_tokenizer.encode(text)[-64:]

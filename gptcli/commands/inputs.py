@@ -31,13 +31,19 @@ def stdin_stream() -> BinaryIO:
 
 
 def read_stdin_text() -> str:
-    """All of stdin as text, up to MAX_STDIN_TEXT bytes (a prompt, a prompts list, ids)."""
-    data = stdin_stream().read(MAX_STDIN_TEXT + 1)
-    if len(data) > MAX_STDIN_TEXT:
-        raise UsageError(f"stdin holds more than {MAX_STDIN_TEXT >> 20} MiB, more than a prompt or a list of prompts "
-                         "or ids may: save it to a file, or use `gptcli tokenizer encode` to stream it")
+    """All of stdin as text, up to MAX_STDIN_TEXT bytes (a prompt, a prompts list, ids);
+    binary data stops it at the first block that holds a NUL byte."""
+    stream, blocks, size = stdin_stream(), [], 0
+    while block := stream.read(1 << 20):
+        if (nul := block.find(b"\0")) >= 0:
+            raise UsageError(f"stdin holds binary data (a NUL byte at offset {size + nul}), not text")
+        size += len(block)
+        if size > MAX_STDIN_TEXT:
+            raise UsageError(f"stdin holds more than {MAX_STDIN_TEXT >> 20} MiB, more than a prompt or a list of "
+                             "prompts or ids may: save it to a file, or use `gptcli tokenizer encode` to stream it")
+        blocks.append(block)
     try:
-        return data.decode("utf-8")
+        return b"".join(blocks).decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"stdin is not UTF-8 text (invalid byte at {e.start})") from None
 

@@ -78,9 +78,10 @@ def encode(req: EncodeRequest, out: TextIO) -> Encoded:
     utf8 = codecs.getincrementaldecoder("utf-8")()
     pending, count, read = "", 0, 0
     source = req.source()
-    out.write("[" if req.json_list else "")
     while True:
         block = source.read(READ_BYTES)
+        if (nul := block.find(b"\0")) >= 0:
+            raise UsageError(f"stdin holds binary data (a NUL byte at offset {read + nul}), not text")
         try:
             pending += utf8.decode(block, final=not block)
         except UnicodeDecodeError as e:
@@ -91,11 +92,11 @@ def encode(req: EncodeRequest, out: TextIO) -> Encoded:
         ids = tok.encode(piece) if piece else []
         if ids:
             sep = ", " if req.json_list else " "
-            out.write((sep if count else "") + sep.join(map(str, ids)))
+            out.write((sep if count else "[" if req.json_list else "") + sep.join(map(str, ids)))
             count += len(ids)
         if not block:
             break
-    out.write("]\n" if req.json_list else "\n")
+    out.write(("]" if count else "[]") + "\n" if req.json_list else "\n")
     out.flush()
     return Encoded(count)
 

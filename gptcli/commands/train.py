@@ -110,7 +110,7 @@ def _plan_resume(req: TrainRequest) -> _Plan:
     if req.out is not None or req.overwrite or req.init is not None or req.tokenizer is not None:
         raise UsageError("--resume continues a run in place: it takes no --out, --overwrite, --init or --tokenizer")
     doc = ckpt.read_config(run)
-    ckpt.resume_dir(run)
+    ckpt.read_trainer_state(run)  # a damaged state stops here, before any slow work
     previous = doc.get("training") or {}
     train_cfg = from_dict(TrainConfig, previous.get("config") or {}, f"{run / ckpt.CONFIG} training config")
     if "val_fraction" not in (previous.get("config") or {}) and previous.get("val_fraction") is not None:
