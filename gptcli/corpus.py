@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gptcli import workspace
+from gptcli import atomic, workspace
 from gptcli.errors import UsageError
 from gptcli.tokenizer import safe_split
 
@@ -89,7 +89,8 @@ def _spool(stream: BinaryIO, name: str, label: str) -> Document:
     once, and the partial copy is removed. `name` is recorded; `label` names it in messages."""
     folder = workspace.stdin_spool()
     folder.mkdir(parents=True, exist_ok=True)
-    fd, spool = tempfile.mkstemp(prefix="stdin-", suffix=".txt", dir=folder)
+    atomic.remove_stale(folder)  # spools of killed runs
+    fd, spool = tempfile.mkstemp(prefix=f".stdin.{os.getpid()}.", suffix=atomic.TEMP_SUFFIX, dir=folder)
     spool, check = Path(spool), _Check()
     try:
         with os.fdopen(fd, "wb") as out:
