@@ -24,10 +24,11 @@ import torch
 
 from gptcli import atomic, folders, workspace
 from gptcli.budget import check_model
-from gptcli.config import ModelConfig, from_dict, to_dict
+from gptcli.config import ModelConfig
 from gptcli.errors import UsageError, first_line
 from gptcli.model import GPT
 from gptcli.readers import expect, read_json, read_jsonl
+from gptcli.settings import from_dict, to_dict
 from gptcli.tokenizer import BPETokenizer
 from gptcli.weights import load_weights, read_tensors, save_tensors, save_weights
 from gptcli.workspace import TOKENIZER_FILE

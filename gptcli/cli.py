@@ -17,19 +17,11 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli import entry, workspace
-from gptcli.config import (
-    DEFAULT_PRESET,
-    PRESETS,
-    EvalOptions,
-    GenerateOptions,
-    ModelConfig,
-    SampleConfig,
-    TrainConfig,
-    pick,
-)
+from gptcli.config import DEFAULT_PRESET, PRESETS, EvalOptions, GenerateOptions, ModelConfig, SampleConfig, TrainConfig
 from gptcli.entry import stdout_wanted, writing_stdout
 from gptcli.errors import UsageError
 from gptcli.options import settings_options
+from gptcli.settings import pick
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)

@@ -1,26 +1,20 @@
-"""Typed settings: the model's shape, the training run, sampling, and the named presets.
+"""Typed settings: the model's shape, the training run, sampling, each command's options,
+and the named presets.
 
 Each setting is defined once, in its dataclass field: type, default, help text and
-allowed range (`setting(...)`). The CLI's options and docs/cli.md are made from these
-definitions, and `check` validates an instance against them, whether its values came from
-flags or from a config.json. Messages name the setting (`n_embd`); whoever knows where a
-value came from names it as the user wrote it (see errors.SettingError). Imports nothing
-heavy: the CLI builds these while `--help` stays fast.
+allowed range (`setting(...)`, settings.py). The CLI's options and docs/cli.md are made
+from these definitions, and `validate` checks an instance against them, whether its
+values came from flags or from a config.json. Imports nothing heavy: the CLI builds
+these while `--help` stays fast.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-import re
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from gptcli.errors import Setting as S
 from gptcli.errors import SettingError, UsageError
+from gptcli.settings import check, format_duration, parse_duration, setting, specs
 from gptcli.workspace import DEFAULT_VOCAB
 
 MIN_VOCAB = 257  # 256 byte tokens plus <|endoftext|>
@@ -28,124 +22,14 @@ MAX_SEED = 2**32 - 1  # what every RNG gptcli seeds accepts
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-@dataclass(frozen=True)
-class Spec:
-    """What the CLI and the checks need to know about one setting."""
-
-    help: str
-    low: float | None = None  # smallest allowed value
-    high: float | None = None  # largest allowed value
-    open_low: bool = False  # `low` itself is not allowed
-    open_high: bool = False
-    choices: tuple[str, ...] = ()
-    flag: str | None = None  # the CLI option when it is not --field-name; "" for none
-    short: str | None = None  # a one-letter alias, e.g. -n
-    default_text: str | None = None  # what the default means, when its value does not say it
-    parse: Callable[[str], Any] | None = None  # for options given as text, e.g. durations
-    show: Callable[[Any], str] | None = None  # and how such a value is written back
-    metavar: str | None = None
-
-
-def setting(default: Any, help: str, **spec: Any) -> Any:
-    return field(default=default, metadata={"spec": Spec(help, **spec)})
-
-
-def specs(cls: type) -> dict[str, tuple[Any, Spec]]:
-    """Each field's (type, Spec) of a settings dataclass, in field order."""
-    return _specs(cls)
-
-
-@functools.cache
-def _specs(cls: type) -> dict[str, tuple[Any, Spec]]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: (hints[f.name], f.metadata["spec"]) for f in dataclasses.fields(cls) if "spec" in f.metadata}
-
-
-def _number(x: float) -> str:
-    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
-
-
-def shown(spec: Spec, value: float) -> str:
-    """A value as the user would write it: 1,024, 0.0, 1e-40, or 2h46m40s for a duration."""
-    if spec.show is not None:
-        return spec.show(value)
-    return f"{value:,}" if isinstance(value, int) else repr(value)
-
-
-def allowed(spec: Spec, is_int: bool) -> str:
-    """'positive', '0 or more', 'between 1 and 1,024', 'in [0, 1)': the range in words."""
-    if spec.show is not None:
-        return f"at most {spec.show(spec.high)}" if spec.high is not None else "positive"
-    lo, hi = spec.low, spec.high
-    if hi is None:
-        if lo == 0:
-            return "positive" if spec.open_low else "0 or more"
-        if is_int and lo == 1:
-            return "positive"
-        return f"greater than {_number(lo)}" if spec.open_low else f"at least {_number(lo)}"
-    if lo is None:
-        return f"at most {_number(hi)}"
-    if is_int:
-        return f"between {_number(lo)} and {_number(hi)}"
-    return f"in {'(' if spec.open_low else '['}{_number(lo)}, {_number(hi)}{')' if spec.open_high else ']'}"
-
-
-def base_type(kind: Any) -> Any:
-    """int for `int | None`; the type itself otherwise."""
-    args = typing.get_args(kind)
-    return next(a for a in args if a is not type(None)) if type(None) in args else kind
-
-
-def check_value(name: str, value: Any, kind: Any, spec: Spec) -> None:
-    """One value against its type and range: exact types (2.0 is not an integer)."""
-    optional, base = type(None) in typing.get_args(kind), base_type(kind)
-    if value is None:
-        if optional:
-            return
-        raise SettingError(S(name), f" must be set, got {value!r}")
-    if base is bool:
-        if not isinstance(value, bool):
-            raise SettingError(S(name), f" must be true or false, got {value!r}")
-        return
-    if base is str:
-        if not isinstance(value, str):
-            raise SettingError(S(name), f" must be text, got {value!r}")
-        if spec.choices and value not in spec.choices:
-            raise SettingError(S(name), f" must be {_one_of(spec.choices)}, got {value!r}")
-        return
-    if typing.get_origin(base) is tuple:
-        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
-            raise SettingError(S(name), f" must be a list of strings, got {value!r}")
-        return
-    is_int = base is int
-    if isinstance(value, bool) or not isinstance(value, int if is_int else (int, float)):
-        raise SettingError(S(name), f" must be {'an integer' if is_int else 'a number'}, got {value!r}")
-    if not is_int and not math.isfinite(value):
-        raise SettingError(S(name), f" must be a finite number, got {value}")
-    too_low = spec.low is not None and (value <= spec.low if spec.open_low else value < spec.low)
-    too_high = spec.high is not None and (value >= spec.high if spec.open_high else value > spec.high)
-    if too_low or too_high:
-        raise SettingError(S(name), f" must be {allowed(spec, is_int)}, got {shown(spec, value)}")
-
-
-def _one_of(choices: tuple[str, ...]) -> str:
-    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
-
-
 def flag(setting: str) -> str:
     """`n_embd` -> `--n-embd`; `num_beams` -> `--beams`: the option a setting is given by
     (a setting no option gives, like beta1, keeps its name)."""
-    for cls in (ModelConfig, TrainConfig, SampleConfig, GenerateOptions, EvalOptions):
+    for cls in (ModelConfig, TrainConfig, SampleConfig, GenerateOptions, EvalOptions, AttentionOptions):
         if setting in specs(cls):
             given = specs(cls)[setting][1].flag
             return setting if given == "" else (given or "--" + setting.replace("_", "-")).split("/")[0]
     return "--" + setting.replace("_", "-")
-
-
-def check(cfg: Any) -> None:
-    """Every field of a settings dataclass against its definition."""
-    for name, (kind, spec) in specs(type(cfg)).items():
-        check_value(name, getattr(cfg, name), kind, spec)
 
 
 @dataclass
@@ -173,33 +57,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
-
-
-def parse_duration(text: str) -> float:
-    """'90' or '90s' -> 90.0, '10m' -> 600.0, '1h30m' -> 5400.0 (seconds)."""
-    s = text.strip().lower()
-    pos, total = 0, 0.0
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
-    while pos < len(s):
-        m = _DURATION.match(s, pos)
-        if not m or (m.group(2) == "" and m.end() != len(s)):
-            raise UsageError(f"cannot read duration {text!r}: use e.g. 90s, 10m, 1h or 1h30m")
-        total += float(m.group(1)) * scale[m.group(2)]
-        pos = m.end()
-    if not s or not (total > 0 and math.isfinite(total)):
-        raise UsageError(f"duration must be positive, got {text!r}")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """90 -> '1m30s', 5400 -> '1h30m00s': parse_duration reads it back."""
-    seconds = max(int(seconds), 0)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 DEFAULT_MAX_STEPS = 2000  # when no --max-steps, --max-time or --epochs is given
@@ -335,29 +192,19 @@ class EvalOptions:
         return self
 
 
-def pick(cls: type, settings: dict) -> dict:
-    """The entries of `settings` that are fields of `cls`."""
-    return {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
+@dataclass
+class AttentionOptions:
+    """attention's options."""
+
+    layer: int | None = setting(None, "Layer to show, from 0.", low=0, high=1023,
+                                default_text="the last in the terminal view; all in --out and --json")
+    head: int | None = setting(None, "Head to show, from 0.", low=0, high=1023,
+                               default_text="the mean over heads in the terminal view; all in --out and --json")
+    top: int = setting(3, "Tokens listed per query in the terminal view.", low=1, high=1000)
+    device: str = setting("auto", "Where to run: auto picks cuda, then mps, then cpu.", choices=DEVICES)
+
+    def validate(self) -> AttentionOptions:
+        check(self)
+        return self
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type, d: object, where: str) -> Any:
-    """A settings dataclass from a JSON object someone may have edited: unknown keys and
-    wrong types are errors naming `where` and the key; missing keys take their defaults."""
-    if not isinstance(d, dict):
-        raise UsageError(f"{where} must be a JSON object, got {type(d).__name__}")
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise UsageError(f"{where} has unknown fields: {', '.join(unknown)}")
-    kinds = specs(cls)
-    values = {k: tuple(v) if isinstance(v, list) and typing.get_origin(kinds[k][0]) is tuple else v
-              for k, v in d.items()}
-    try:
-        cfg = cls(**values)
-        cfg.validate()
-    except SettingError as e:
-        raise UsageError(f"{where}: {e.render()}") from None
-    return cfg

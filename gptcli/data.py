@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from gptcli import atomic, workspace
-from gptcli.config import TrainConfig, check_value, specs
+from gptcli.config import TrainConfig
 from gptcli.corpus import Document, iter_text_chunks
 from gptcli.errors import UsageError, first_line
+from gptcli.settings import check_value, specs
 from gptcli.tokenizer import BPETokenizer
 
 CACHE_FORMAT = 2  # 2: entries carry their digest and largest id

@@ -15,16 +15,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from gptcli.config import (
-    PRESETS,
-    ModelConfig,
-    Spec,
-    TrainConfig,
-    allowed,
-    base_type,
-    specs,
-)
+from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.errors import Setting, SettingError, UsageError
+from gptcli.settings import Spec, allowed, base_type, specs
 
 PRESET_SECTION = {ModelConfig: "model", TrainConfig: "train"}
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from gptcli import checkpoint as ckpt
 from gptcli import folders, weights
 from gptcli.budget import check_model
-from gptcli.config import to_dict
 from gptcli.errors import UsageError
 from gptcli.hf_weights import from_hf_header, from_hf_state_dict, hf_config, model_config_from_hf, to_hf_state_dict
 from gptcli.model import GPT
 from gptcli.readers import read_header, read_json
 from gptcli.runlock import lock_owner, run_lock
+from gptcli.settings import to_dict
 from gptcli.tokenizer import EOT, BPETokenizer
 from gptcli.workspace import TOKENIZER_FILE
 

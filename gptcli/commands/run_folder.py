@@ -10,8 +10,9 @@ from pathlib import Path
 
 from gptcli import atomic
 from gptcli import checkpoint as ckpt
-from gptcli.config import ModelConfig, format_duration
+from gptcli.config import ModelConfig
 from gptcli.device import rng_state, set_rng_state
+from gptcli.settings import format_duration
 from gptcli.tokenizer import BPETokenizer
 from gptcli.trainer import Hooks, Trainer
 from gptcli.weights import save_weights

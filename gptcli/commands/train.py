@@ -22,7 +22,7 @@ from gptcli import budget, folders, workspace
 from gptcli import checkpoint as ckpt
 from gptcli.commands import inputs
 from gptcli.commands.run_folder import RunFolderHooks
-from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, flag, from_dict, preset, to_dict
+from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, flag, preset
 from gptcli.console import Console
 from gptcli.corpus import Document, documents, iter_documents_text
 from gptcli.data import Split, check_fits, split_train_val
@@ -30,6 +30,7 @@ from gptcli.device import dist_info, pick_device, pick_precision, seed_everythin
 from gptcli.errors import UsageError
 from gptcli.model import GPT
 from gptcli.runlock import lock_owner, refuse_if_locked, run_lock
+from gptcli.settings import from_dict, to_dict
 from gptcli.tokenizer import BPETokenizer
 from gptcli.trainer import Trainer
 from gptcli.workspace import TOKENIZER_FILE

@@ -1,0 +1,98 @@
+"""Pictures: PNG figures with matplotlib (Agg backend, no display needed) and charts in the
+terminal with plotext. Both are imported inside the functions that draw, so importing
+this module (and `gptcli --help`) stays light.
+
+Knows nothing of models or runs: callers hand in numbers and labels.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+from gptcli import atomic
+
+MAX_LABELS = 40  # tick labels per axis before they are thinned out
+
+
+@functools.cache
+def _font_charmaps() -> list[tuple[str, frozenset[int]]]:
+    """(family, code points it draws) for every font matplotlib knows."""
+    from matplotlib import font_manager, ft2font
+
+    seen, out = set(), []
+    for entry in font_manager.fontManager.ttflist:
+        if entry.fname in seen:
+            continue
+        seen.add(entry.fname)
+        try:
+            out.append((entry.name, frozenset(ft2font.FT2Font(entry.fname).get_charmap())))
+        except Exception:  # a font file matplotlib lists but cannot open
+            continue
+    return out
+
+
+def drawable(labels: list[str]) -> tuple[list[str], list[str], bool]:
+    """Labels a figure can draw: (labels, font families to use, whether any character no
+    installed font has was shown as \\uXXXX)."""
+    wanted = {ord(c) for label in labels for c in label}
+    fonts = _font_charmaps()
+    families = ["DejaVu Sans"]
+    missing = {c for c in wanted if c > 127 and not any(c in chars for name, chars in fonts if name in families)}
+    for name, chars in fonts:  # add fonts (CJK, say) that cover what the default lacks
+        if missing & chars and name not in families:
+            families.append(name)
+            missing -= chars
+    escaped = [("".join(f"\\u{ord(c):04x}" if ord(c) in missing else c for c in label)) for label in labels]
+    return escaped, families, bool(missing)
+
+
+def _ticks(n: int) -> list[int]:
+    step = max(1, math.ceil(n / MAX_LABELS))
+    return list(range(0, n, step))
+
+
+def heatmaps(path: Path, maps: list[list], titles: list[str], labels: list[str], suptitle: str) -> list[str]:
+    """A grid of (T, T) heatmaps, rows x columns as `maps` is nested, token labels on both
+    axes (thinned out past MAX_LABELS), saved atomically as PNG. Returns notes about what
+    was thinned or escaped, for the caller to show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown, families, escaped = drawable(labels)
+    rows, cols = len(maps), len(maps[0])
+    T = len(labels)
+    cell = min(6.0, max(2.5, 0.13 * T + 1.5))
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 1.2, cell * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    ticks = _ticks(T)
+    image = None
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            image = ax.imshow(maps[r][c], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(titles[r * cols + c], fontsize=9, family=families)
+            ax.set_xticks(ticks, [shown[i] for i in ticks], rotation=90, fontsize=7, family=families)
+            ax.set_yticks(ticks, [shown[i] for i in ticks], fontsize=7, family=families)
+            ax.set_xlabel("key (attended to)", fontsize=8)
+            ax.set_ylabel("query (attending)", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    notes = []
+    if len(ticks) < T:
+        notes.append(f"labels: every {ticks[1] - ticks[0]}th token of {T} is labelled")
+    if escaped:
+        notes.append("labels: characters no installed font has are shown as \\uXXXX")
+    fig.suptitle(suptitle + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    _save(fig, path)
+    return notes
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
