@@ -17,7 +17,16 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli import entry, workspace
-from gptcli.config import DEFAULT_PRESET, PRESETS, EvalOptions, GenerateOptions, ModelConfig, SampleConfig, TrainConfig
+from gptcli.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    AttentionOptions,
+    EvalOptions,
+    GenerateOptions,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from gptcli.entry import stdout_wanted, writing_stdout
 from gptcli.errors import UsageError
 from gptcli.options import settings_options
@@ -175,6 +184,40 @@ def eval_cmd(
     stdout_wanted()
     options = EvalOptions(**settings).validate()
     result = command.run(command.EvalRequest(paths, checkpoint, options), _console())
+    _print(result, json_out)
+
+
+# -- attention ---------------------------------------------------------------------
+
+
+@app.command()
+@settings_options(AttentionOptions)
+def attention(
+    checkpoint: Checkpoint = None,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
+        show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Also draw heatmaps (layers x heads, or those chosen) into this PNG.",
+        show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the attention weights as JSON on stdout.")] = False,
+    settings: dict | None = None,
+) -> None:
+    """Show what each attention head attends to for a prompt: per token, the tokens it weighs most."""
+    from gptcli.commands import attention as command
+    from gptcli.commands.inputs import check_text, read_stdin_text, stdin_is_piped
+
+    stdout_wanted()
+    options = AttentionOptions(**settings).validate()
+    text = read_stdin_text() if prompt == "-" or (prompt is None and stdin_is_piped()) else check_text(prompt or "",
+                                                                                                       "--prompt")
+    result = command.run(command.AttentionRequest(checkpoint, text, options, out), _console())
+    if not json_out and sys.stdout.isatty():
+        from rich.console import Console as RichConsole
+
+        with writing_stdout():
+            RichConsole(highlight=False).print(result.to_rich())
+        return
     _print(result, json_out)
 
 

@@ -23,7 +23,7 @@ def _font_charmaps() -> list[tuple[str, frozenset[int]]]:
 
     seen, out = set(), []
     for entry in font_manager.fontManager.ttflist:
-        if entry.fname in seen:
+        if entry.fname in seen or entry.name.startswith("Last Resort"):  # its glyphs are placeholder boxes
             continue
         seen.add(entry.fname)
         try:
@@ -33,9 +33,10 @@ def _font_charmaps() -> list[tuple[str, frozenset[int]]]:
     return out
 
 
-def drawable(labels: list[str]) -> tuple[list[str], list[str], bool]:
-    """Labels a figure can draw: (labels, font families to use, whether any character no
-    installed font has was shown as \\uXXXX)."""
+def drawable(labels: list[str]) -> tuple[list[str | None], list[str]]:
+    """What a figure can draw of each label, and the font families to draw it with: a
+    label with a character no installed font has is None (the caller shows a stand-in),
+    and its escaped form goes to `escape`."""
     wanted = {ord(c) for label in labels for c in label}
     fonts = _font_charmaps()
     families = ["DejaVu Sans"]
@@ -44,8 +45,12 @@ def drawable(labels: list[str]) -> tuple[list[str], list[str], bool]:
         if missing & chars and name not in families:
             families.append(name)
             missing -= chars
-    escaped = [("".join(f"\\u{ord(c):04x}" if ord(c) in missing else c for c in label)) for label in labels]
-    return escaped, families, bool(missing)
+    return [None if any(ord(c) in missing for c in label) else label for label in labels], families
+
+
+def escape(label: str, limit: int = 48) -> str:
+    text = "".join(c if c.isascii() else f"\\u{ord(c):04x}" for c in label)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _ticks(n: int) -> list[int]:
@@ -61,8 +66,10 @@ def heatmaps(path: Path, maps: list[list], titles: list[str], labels: list[str],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
 
-    shown, families, escaped = drawable(labels)
+    drawn, families = drawable(labels)
+    shown = [label if label is not None else f"#{i}" for i, label in enumerate(drawn)]
     rows, cols = len(maps), len(maps[0])
     T = len(labels)
     cell = min(6.0, max(2.5, 0.13 * T + 1.5))
@@ -73,18 +80,24 @@ def heatmaps(path: Path, maps: list[list], titles: list[str], labels: list[str],
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
-            image = ax.imshow(maps[r][c], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            image = ax.imshow(maps[r][c], cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0),
+                              interpolation="nearest")
             ax.set_title(titles[r * cols + c], fontsize=9, family=families)
             ax.set_xticks(ticks, [shown[i] for i in ticks], rotation=90, fontsize=7, family=families)
             ax.set_yticks(ticks, [shown[i] for i in ticks], fontsize=7, family=families)
-            ax.set_xlabel("key (attended to)", fontsize=8)
-            ax.set_ylabel("query (attending)", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+            if r == rows - 1:
+                ax.set_xlabel("key (attended to)", fontsize=8)
+            if c == 0:
+                ax.set_ylabel("query (attending)", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight (square-root scale)")
     notes = []
     if len(ticks) < T:
-        notes.append(f"labels: every {ticks[1] - ticks[0]}th token of {T} is labelled")
-    if escaped:
-        notes.append("labels: characters no installed font has are shown as \\uXXXX")
+        notes.append(f"labels on 1 token in {ticks[1] - ticks[0]} of {T}")
+    legend = [f"#{i} = {escape(labels[i])}" for i in ticks if drawn[i] is None]
+    if legend:
+        notes.append("#N: a token with characters no installed font draws (listed below)")
+        fig.text(0.01, 0.0, "\n".join("    ".join(legend[j:j + 3]) for j in range(0, len(legend), 3)),
+                 fontsize=7, family="DejaVu Sans Mono", va="top")
     fig.suptitle(suptitle + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
     _save(fig, path)
     return notes
@@ -94,5 +107,5 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
