@@ -15,6 +15,7 @@ import os
 import resource
 from pathlib import Path
 
+from gptcli.architectures import param_count
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError
 
@@ -36,14 +37,6 @@ def machine_bytes() -> int:
         if text.isdigit():
             limits.append(int(text))
     return min(limits)
-
-
-def param_count(cfg: ModelConfig) -> int:
-    """GPT.num_params() from the config alone (the tied lm_head counts once)."""
-    C = cfg.n_embd
-    per_block = 12 * C * C + (13 * C if cfg.bias else 2 * C)  # attention 4C², MLP 8C², norms and biases
-    positions = cfg.block_size * C if cfg.pos_encoding == "learned" else 0
-    return cfg.vocab_size * C + positions + cfg.n_layer * per_block + (2 * C if cfg.bias else C)
 
 
 def _fmt(n: int) -> str:

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from gptcli import atomic, folders, workspace
+from gptcli.architectures import LanguageModel, build
 from gptcli.budget import check_model
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError, first_line
-from gptcli.model import GPT
 from gptcli.readers import expect, read_json, read_jsonl
 from gptcli.settings import from_dict, to_dict
 from gptcli.tokenizer import BPETokenizer
@@ -117,14 +117,14 @@ def resolve_run(given: Path | None, note: Callable[[str], None]) -> Path:
     raise UsageError("no model found: pass --checkpoint DIR, or train one with `gptcli train`")
 
 
-def load_run(run: Path | str, device: torch.device | str = "cpu") -> tuple[GPT, BPETokenizer, dict]:
+def load_run(run: Path | str, device: torch.device | str = "cpu") -> tuple[LanguageModel, BPETokenizer, dict]:
     """Load a run folder's model (in eval mode) and tokenizer, checking they agree."""
     run = Path(run)
     doc = read_config(run)
     model_cfg = model_config(doc, run)
     tok = BPETokenizer.load(run / TOKENIZER_FILE)
     check_tokenizer(tok, model_cfg, doc, run)
-    model = GPT(model_cfg)
+    model = build(model_cfg)
     load_weights(model, run / WEIGHTS)
     return model.to(device).eval(), tok, doc
 
@@ -145,7 +145,7 @@ def write_tokenizer(run: Path, tok: BPETokenizer) -> None:
 # -- resume state ------------------------------------------------------------------
 
 
-def save_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def save_resume(run: Path, model: LanguageModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Stage latest weights, optimizer tensors and trainer state together, then swap."""
     opt = optimizer.state_dict()
     tensors = {f"{idx}.{name}": t.detach().contiguous().cpu()
@@ -193,7 +193,7 @@ def read_trainer_state(run: Path) -> dict:
     return state
 
 
-def load_resume(run: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
+def load_resume(run: Path, model: LanguageModel, optimizer: torch.optim.Optimizer) -> dict:
     folder = resume_dir(run)
     state = read_trainer_state(run)
     load_weights(model, folder / WEIGHTS)

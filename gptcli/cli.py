@@ -18,6 +18,7 @@ import typer
 
 from gptcli import entry, workspace
 from gptcli.config import (
+    ARCHS,
     DEFAULT_PRESET,
     PRESETS,
     AttentionOptions,
@@ -185,6 +186,65 @@ def eval_cmd(
     options = EvalOptions(**settings).validate()
     result = command.run(command.EvalRequest(paths, checkpoint, options), _console())
     _print(result, json_out)
+
+
+# -- compare and plot ---------------------------------------------------------------
+
+
+@app.command()
+@settings_options(ModelConfig, TrainConfig, exclude=("arch",))
+def compare(
+    paths: Annotated[list[str], typer.Argument(help="Text files or folders (searched recursively).")],
+    arch: Annotated[Optional[list[str]], typer.Option(
+        help=f"An architecture to train; repeatable [default: all of {', '.join(ARCHS)}].", show_default=False)
+                    ] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Folder for the runs (DIR/<arch>/), summary.json, curves.png and position.png "
+        "[default: checkpoints/compare-<corpus>-<time>].", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help=f"The size every architecture matches: {', '.join(PRESETS)} [default: {DEFAULT_PRESET}].",
+        show_default=False)] = None,
+    val: Annotated[Optional[list[str]], typer.Option(
+        help="Validation text (files/folders); default: the end of the corpus.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the runs of an earlier comparison in --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")
+                        ] = False,
+    settings: dict | None = None,
+) -> None:
+    """Train GPT, LSTM, GRU and RNN models of the same size on the same text, and compare them."""
+    from gptcli.commands import compare as command
+    from gptcli.workspace import default_run_folder
+
+    stdout_wanted()
+    console = _console()
+    result = command.run(command.CompareRequest(
+        paths=list(paths), archs=list(arch or ARCHS), out=out or default_run_folder(paths, prefix="compare-"),
+        preset=preset, settings=settings, val=list(val or []), overwrite=overwrite), console)
+    if sys.stderr.isatty():
+        from gptcli import plots
+
+        console.info(plots.terminal(result.curves(), "validation bits per byte", "millions of tokens seen",
+                                    "bits/byte"))
+    console.info(f"wrote {result.out / 'summary.json'}, curves.png and position.png")
+    _print(result, json_out, indent=2 if json_out else None)
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (with a metrics.jsonl).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("curves.png"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print the curves' numbers as JSON on stdout.")] = False,
+) -> None:
+    """Draw training and validation curves of runs: a PNG, and a chart on a terminal."""
+    from gptcli.commands import plot as command
+
+    result = command.run(command.PlotRequest(list(runs), out))
+    console = _console()
+    if sys.stderr.isatty():
+        console.info(result.terminal())
+    console.info(result.to_text())
+    if json_out:
+        _print(result, as_json=True)
 
 
 # -- attention ---------------------------------------------------------------------

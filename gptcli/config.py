@@ -32,8 +32,13 @@ def flag(setting: str) -> str:
     return "--" + setting.replace("_", "-")
 
 
+ARCHS = ("gpt", "lstm", "gru", "rnn")  # rnn: the Elman RNN (tanh)
+
+
 @dataclass
 class ModelConfig:
+    arch: str = setting("gpt", "The architecture: gpt, or a recurrent network (lstm, gru, rnn) as large as the "
+                        "preset's GPT.", choices=ARCHS)
     vocab_size: int = setting(DEFAULT_VOCAB, "Tokens in a newly trained tokenizer, the 256 bytes and <|endoftext|> "
                               "included.", low=MIN_VOCAB)
     block_size: int = setting(256, "Context length in tokens.", low=1, high=2**17)
@@ -46,8 +51,14 @@ class ModelConfig:
                                 choices=("learned", "sinusoidal"))
     layer_norm_eps: float = setting(1e-5, "LayerNorm epsilon (GPT-2's).", low=0.0, high=1.0, open_low=True, flag="")
 
+    @property
+    def recurrent(self) -> bool:
+        return self.arch != "gpt"
+
     def validate(self) -> ModelConfig:
         check(self)
+        if self.recurrent:  # heads and positions are GPT's: a recurrent model has neither
+            return self
         if self.n_embd % self.n_head:
             raise SettingError(S("n_embd"), f" {self.n_embd} is not divisible by ", S("n_head"), f" {self.n_head}")
         if self.pos_encoding == "sinusoidal" and self.n_embd % 2:

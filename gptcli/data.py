@@ -208,6 +208,16 @@ class BatchSampler:
             raise UsageError(f"the saved sampler state is unreadable ({first_line(e)})") from None
 
 
+def random_windows(tokens: np.ndarray, block_size: int, count: int, seed: int = 0) -> np.ndarray:
+    """`count` windows (count, block_size + 1) at distinct random starts, the same for the
+    same seed: an average over them has no period to alias with, as evenly spread
+    windows can."""
+    last = len(tokens) - block_size - 1
+    starts = np.sort(np.random.Generator(np.random.PCG64(seed)).choice(last + 1, size=min(count, last + 1),
+                                                                          replace=False))
+    return tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)
+
+
 def spread_windows(tokens: np.ndarray, block_size: int, count: int) -> np.ndarray:
     """`count` windows spread evenly over the split, the same at every evaluation, and
     drawn without touching any RNG (so evaluating never changes what training sees)."""

@@ -1,7 +1,7 @@
 """Generation in token ids: pure functions over logits (repetition penalty, temperature,
-top-k, top-p, drawing a token), the fast one-token decoder, and the decoding loops:
-greedy and sampling for a left-padded batch, and beam search scored as HF transformers
-scores it.
+top-k, top-p, drawing a token), the decoders that add one token a step (GPT's fast
+decoder over a KV cache; the recurrent models' state), and the decoding loops: greedy
+and sampling for a batch, and beam search scored as HF transformers scores it.
 
 Knows nothing of text, stop strings or output formats; the caller decodes and decides
 when to stop listening. Every sampled row draws from its own torch.Generator.
@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gptcli.architectures import LanguageModel
 from gptcli.config import SampleConfig
 from gptcli.errors import RunError
 from gptcli.kv_cache import KVCache
 from gptcli.model import GPT
+from gptcli.recurrent import RecurrentLM
 
 WINDOW_KEEP = 0.75  # past block_size, keep this share of the context and rebuild the cache
 NEG = -1.0e9  # HF's "impossible" score in beam bookkeeping
@@ -172,6 +174,42 @@ class FastDecoder:
         self.next_pos = self.next_pos.index_select(0, rows)
 
 
+class RecurrentDecoder:
+    """A recurrent model's generation engine: the state carries the whole history, so
+    there is no context to fill and no window to slide (generation past block_size just
+    goes on). Same interface as FastDecoder."""
+
+    full = False  # never: a recurrent model has no context limit
+
+    def __init__(self, model: RecurrentLM):
+        if model.training:
+            raise ValueError("the decoder needs the model in eval mode: call model.eval()")
+        self.model, self.state = model, None
+        self.device = model.wte.weight.device
+
+    def prefill(self, rows: list[list[int]]) -> torch.Tensor:
+        """Run the prompts (right-padded, each to its own length) from a zero state;
+        returns each row's last logits (B, V)."""
+        lengths = torch.tensor([len(r) for r in rows], device=self.device)
+        idx = torch.zeros((len(rows), int(lengths.max())), dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            idx[i, :len(r)] = torch.tensor(r, dtype=torch.long, device=self.device)
+        x, self.state = self.model.run(idx, lengths=lengths)
+        return self.model.lm_head(x[torch.arange(len(rows), device=self.device), lengths - 1])
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, self.state = self.model.run(tokens[:, None], self.state)
+        return self.model.lm_head(x[:, 0])
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.state = tuple(s.index_select(1, rows) for s in self.state) if isinstance(self.state, tuple) \
+            else self.state.index_select(1, rows)
+
+
+def make_decoder(model: LanguageModel) -> FastDecoder | RecurrentDecoder:
+    return RecurrentDecoder(model) if model.config.recurrent else FastDecoder(model)
+
+
 def window_size(model: GPT) -> int:
     return max(1, int(model.config.block_size * WINDOW_KEEP))
 
@@ -179,7 +217,7 @@ def window_size(model: GPT) -> int:
 # -- greedy and sampling -----------------------------------------------------------
 
 
-def decode_steps(model: GPT, prompts: list[list[int]], cfg: SampleConfig, eot_id: int,
+def decode_steps(model: LanguageModel, prompts: list[list[int]], cfg: SampleConfig, eot_id: int,
                  generators: list[torch.Generator] | None = None) -> Iterator[tuple[list[int], list[float]]]:
     """Greedy or sampled continuation of a batch of prompts (each non-empty, at most
     block_size tokens). Yields every step's new token per row and its log-probability
@@ -189,7 +227,7 @@ def decode_steps(model: GPT, prompts: list[list[int]], cfg: SampleConfig, eot_id
         return
     rows = [list(p) for p in prompts]
     B, V = len(rows), model.config.vocab_size
-    decoder = FastDecoder(model)
+    decoder = make_decoder(model)
     logits = decoder.prefill(rows)
     seen = None
     if cfg.repetition_penalty != 1.0:
@@ -229,7 +267,7 @@ class Hypothesis:
     logprob: float  # sum of log-probabilities
 
 
-def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -> list[Hypothesis]:
+def beam_search(model: LanguageModel, prompt: list[int], cfg: SampleConfig, eot_id: int) -> list[Hypothesis]:
     """Beam search following HF transformers' conventions, so that equal weights give
     equal beams: the top 2*K continuations of all beams are scored each step; those
     that end (end-of-text, or the length limit) and rank in the top K enter the
@@ -244,7 +282,7 @@ def beam_search(model: GPT, prompt: list[int], cfg: SampleConfig, eot_id: int) -
     K, V, lp, n = cfg.num_beams, model.config.vocab_size, cfg.length_penalty, cfg.max_new_tokens
     if n == 0:
         return [Hypothesis([], 0.0, 0.0)] * cfg.num_return
-    decoder = FastDecoder(model)
+    decoder = make_decoder(model)
     logits = decoder.prefill([prompt])
     device = logits.device
     decoder.reorder(torch.zeros(K, dtype=torch.long, device=device))

@@ -44,6 +44,18 @@ def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Cal
         raise UsageError(f"cannot write to {label}: permission denied on {parent}")
 
 
+def check_file_out(path: Path, label: str) -> None:
+    """Refuse, before any work, a file that cannot be written: a folder in its place, or
+    no writable folder to create it in."""
+    if path.is_dir():
+        raise UsageError(f"{label} {path} is a folder: name a file")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {label} {path}: {parent} is not a folder you can write to")
+
+
 @contextlib.contextmanager
 def staged(target: Path, old: Path | None = None) -> Iterator[Path]:
     """Yield an empty folder beside `target`. When the block ends without an error, it

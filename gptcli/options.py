@@ -72,13 +72,14 @@ def _parsed(name: str, spec: Spec, value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
-def settings_options(*classes: type, only: tuple[str, ...] = (), last: tuple[str, ...] = ("json_out", "quiet")):
-    """Decorator: one option per setting of `classes` that has a flag (or only those named
-    in `only`), listed after the command's own parameters but before those named in
-    `last`. The command receives `settings`, a dict of the settings the user gave, parsed
-    (durations) and typed."""
+def settings_options(*classes: type, only: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                     last: tuple[str, ...] = ("json_out", "quiet")):
+    """Decorator: one option per setting of `classes` that has a flag (only those named in
+    `only`, none named in `exclude`), listed after the command's own parameters but before
+    those named in `last`. The command receives `settings`, a dict of the settings the
+    user gave, parsed (durations) and typed."""
     chosen = [(cls, name, kind, spec) for cls in classes for name, (kind, spec) in specs(cls).items()
-              if spec.flag != "" and (not only or name in only)]
+              if spec.flag != "" and (not only or name in only) and name not in exclude]
 
     def decorate(func):
         sig = inspect.signature(func, eval_str=True)

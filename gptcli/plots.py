@@ -109,3 +109,55 @@ def _save(fig, path: Path) -> None:
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+Series = dict[str, tuple[list[float], list[float]]]  # label -> (x, y)
+
+
+def lines(path: Path, panels: list[tuple[str, str, str, Series]], suptitle: str, columns: int = 2,
+          dashed: set[str] = frozenset(), log_x: bool = False) -> None:
+    """Line charts, one panel per (title, x label, y label, series), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.0 * columns, 4.2 * rows), squeeze=False, layout="constrained")
+    colours = {}
+    for ax, (title, xlabel, ylabel, series) in zip([a for row in axes for a in row], panels):
+        for label, (x, y) in series.items():
+            base = label.split(" (")[0]  # "lstm (val)" and "lstm (train)" share a colour
+            colours.setdefault(base, f"C{len(colours)}")
+            ax.plot(x, y, label=label, color=colours[base], linestyle="--" if label in dashed else "-",
+                    marker="o" if len(x) <= 12 else None, markersize=3)
+        ax.set_title(title, fontsize=10)
+        if log_x:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in [a for row in axes for a in row][len(panels):]:
+        ax.axis("off")
+    fig.suptitle(suptitle, fontsize=11)
+    _save(fig, path)
+
+
+def terminal(series: Series, title: str, xlabel: str, ylabel: str, width: int = 80, height: int = 20) -> str:
+    """A line chart as text for a terminal (plotext), with colour unless NO_COLOR is set."""
+    import os
+
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    if os.environ.get("NO_COLOR"):
+        plt.theme("clear")
+    for label, (x, y) in series.items():
+        if x:
+            plt.plot(x, y, label=label, marker="braille")
+    plt.title(title)
+    plt.xlabel(xlabel)
+    plt.ylabel(ylabel)
+    return plt.build()

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptcli.architectures import LanguageModel
 from gptcli.device import Precision
-from gptcli.model import GPT
 
 
 @dataclass
@@ -28,6 +28,14 @@ class Score:
     nats: float = 0.0  # summed cross-entropy
     correct: int = 0  # targets that were the model's top guess
     bytes: int = 0  # UTF-8 bytes the scored targets stand for
+    position_nats: np.ndarray | None = None  # (block_size,) summed by position in the window, when asked for
+    position_tokens: np.ndarray | None = None
+
+    @property
+    def loss_by_position(self) -> np.ndarray:
+        """Mean loss of the targets at window positions 1..block_size: position p is
+        predicted from the p tokens before it in its window."""
+        return self.position_nats / np.maximum(self.position_tokens, 1)
 
     @property
     def loss(self) -> float:
@@ -63,7 +71,7 @@ def sliding_windows(n_tokens: int, block: int, stride: int) -> Iterator[tuple[in
         scored, begin = end, begin + stride
 
 
-def _score_batch(model: GPT, xy: torch.Tensor, keep: torch.Tensor | None, lengths: torch.Tensor,
+def _score_batch(model: LanguageModel, xy: torch.Tensor, keep: torch.Tensor | None, lengths: torch.Tensor,
                  precision: Precision, score: Score) -> None:
     """Add the targets of windows xy (B, T + 1) where `keep` (B, T) is True (all if None)."""
     x, y = xy[:, :-1], xy[:, 1:]
@@ -71,6 +79,11 @@ def _score_batch(model: GPT, xy: torch.Tensor, keep: torch.Tensor | None, length
         logits, _ = model(x)
     nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view_as(y)
     hits = logits.argmax(-1) == y
+    if score.position_nats is not None:
+        kept = torch.ones_like(nll, dtype=torch.bool) if keep is None else keep
+        width = nll.size(1)
+        score.position_nats[:width] += (nll.double() * kept).sum(0).cpu().numpy()
+        score.position_tokens[:width] += kept.sum(0).cpu().numpy()
     if keep is not None:
         nll, hits, y = nll[keep], hits[keep], y[keep]
     score.nats += float(nll.double().sum())
@@ -79,15 +92,18 @@ def _score_batch(model: GPT, xy: torch.Tensor, keep: torch.Tensor | None, length
     score.bytes += int(lengths[y].sum())
 
 
-def score_tokens(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, *, stride: int, batch_size: int,
-                 precision: Precision, progress: Callable[[int, int], None] | None = None) -> Score:
+def score_tokens(model: LanguageModel, tokens: np.ndarray, byte_lengths: np.ndarray, *, stride: int, batch_size: int,
+                 precision: Precision, progress: Callable[[int, int], None] | None = None,
+                 by_position: bool = False) -> Score:
     """Sliding-window score of a token array. Each window holds up to block_size inputs;
     consecutive windows start `stride` apart, so every scored token after the first
-    window has at least block_size - stride tokens of context."""
+    window has at least block_size - stride tokens of context. `by_position` also sums
+    the loss by position in the window (with stride = block_size, every position counts)."""
     device = next(model.parameters()).device
     lengths = torch.as_tensor(byte_lengths, device=device)
-    score = Score()
-    plan = list(sliding_windows(len(tokens), model.config.block_size, stride))
+    block = model.config.block_size
+    score = Score(position_nats=np.zeros(block), position_tokens=np.zeros(block)) if by_position else Score()
+    plan = list(sliding_windows(len(tokens), block, stride))
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(plan), batch_size):
@@ -103,11 +119,13 @@ def score_tokens(model: GPT, tokens: np.ndarray, byte_lengths: np.ndarray, *, st
     return score
 
 
-def score_windows(model: GPT, windows: torch.Tensor, byte_lengths: torch.Tensor, *, batch_size: int,
-                  precision: Precision) -> Score:
-    """Every target of fixed windows (N, block_size + 1), batch_size windows at a time."""
+def score_windows(model: LanguageModel, windows: torch.Tensor, byte_lengths: torch.Tensor, *, batch_size: int,
+                  precision: Precision, by_position: bool = False) -> Score:
+    """Every target of fixed windows (N, block_size + 1), batch_size windows at a time;
+    `by_position` also sums the loss by position in the window."""
     device = byte_lengths.device
-    score = Score()
+    block = windows.size(1) - 1
+    score = Score(position_nats=np.zeros(block), position_tokens=np.zeros(block)) if by_position else Score()
     with torch.inference_mode():
         for i in range(0, len(windows), batch_size):
             _score_batch(model, windows[i:i + batch_size].to(device), None, byte_lengths, precision, score)

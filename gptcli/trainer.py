@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
+from gptcli.architectures import LanguageModel
 from gptcli.config import TrainConfig
 from gptcli.data import BatchSampler, Split, spread_windows
 from gptcli.device import Precision
 from gptcli.errors import RunError, UsageError, first_line
-from gptcli.model import GPT
 from gptcli.scoring import score_tokens, score_windows
 
 TIME_PROBE_STEPS = 10  # steps timed to turn --max-time into a schedule length
@@ -80,7 +80,7 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int | None) -> float:
 
 
 class Trainer:
-    def __init__(self, model: GPT, cfg: TrainConfig, train: Split, val: Split, byte_lengths: np.ndarray,
+    def __init__(self, model: LanguageModel, cfg: TrainConfig, train: Split, val: Split, byte_lengths: np.ndarray,
                  precision: Precision, hooks: Hooks | None = None, rank: int = 0, world_size: int = 1):
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.precision, self.hooks = precision, hooks or Hooks()

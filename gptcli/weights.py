@@ -17,15 +17,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gptcli import atomic
+from gptcli.architectures import LanguageModel
 from gptcli.errors import UsageError, first_line
-from gptcli.model import GPT
 from gptcli.readers import TensorInfo, read_header
 
 TIED = "lm_head.weight"  # the same tensor as wte.weight; stored once
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-def weights_dict(model: GPT) -> dict[str, torch.Tensor]:
+def weights_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED}
 
 
@@ -44,7 +44,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
 
 
-def save_weights(path: Path, model: GPT) -> None:
+def save_weights(path: Path, model: LanguageModel) -> None:
     with atomic.atomic_path(path) as tmp:
         save_tensors(weights_dict(model), tmp)
 
@@ -82,7 +82,7 @@ def read_tensors(path: Path, expected: dict[str, tuple[int, ...]] | None = None,
     return tensors
 
 
-def expected_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
+def expected_shapes(model: LanguageModel) -> dict[str, tuple[int, ...]]:
     """The names and shapes a file of this model's weights must hold."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != TIED}
 
@@ -103,13 +103,13 @@ def check_header(header: dict[str, TensorInfo], expected: dict[str, tuple[int, .
             raise UsageError(f"{path}: {name} has dtype {got.dtype}, expected a float type")
 
 
-def load_state(model: GPT, tensors: dict[str, torch.Tensor]) -> None:
+def load_state(model: LanguageModel, tensors: dict[str, torch.Tensor]) -> None:
     """Copy checked tensors into the model (as float32) and keep lm_head tied."""
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=False)
     model.lm_head.weight = model.wte.weight
 
 
-def load_weights(model: GPT, path: Path, against: str = "config.json") -> None:
+def load_weights(model: LanguageModel, path: Path, against: str = "config.json") -> None:
     """Read, checked against the model built from the config, and load."""
     load_state(model, read_tensors(path, expected_shapes(model), against))
 

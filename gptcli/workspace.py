@@ -37,8 +37,8 @@ def stdin_spool() -> Path:
     return cache_root() / "stdin"
 
 
-def default_run_folder(paths: list[str]) -> Path:
-    """checkpoints/<name of the first corpus path>-<time>."""
+def default_run_folder(paths: list[str], prefix: str = "") -> Path:
+    """checkpoints/<prefix><name of the first corpus path>-<time>."""
     first = paths[0] if paths else "run"
     stem = "stdin" if first == "-" else (Path(first).stem or Path(first).resolve().name or "run")
-    return RUNS / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return RUNS / f"{prefix}{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptcli import budget
+from gptcli.architectures import param_count
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError
 from gptcli.model import GPT
@@ -70,7 +71,7 @@ def test_param_count_from_the_config_equals_the_model(layers, heads, per_head, b
     n_embd = heads * per_head * (2 if pos == "sinusoidal" else 1)
     cfg = ModelConfig(vocab_size=300, n_layer=layers, n_head=heads, n_embd=n_embd, block_size=block, bias=bias,
                       pos_encoding=pos)
-    assert budget.param_count(cfg) == GPT(cfg).num_params()
+    assert param_count(cfg) == GPT(cfg).num_params()
 
 
 def test_a_model_larger_than_the_machine_is_refused_with_the_number(monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli.architectures import build
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data import Split
 from gptcli.device import pick_precision, rng_state, seed_everything, set_rng_state
@@ -32,7 +33,7 @@ class Recorder(Hooks):
         self.checkpoints.append((trainer.state.step, is_best))
 
 
-def _setup(hooks, dropout=0.1, **train_kw):
+def _setup(hooks, dropout=0.1, arch="gpt", **train_kw):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 100, size=6000).astype(np.uint16)
     lengths = np.ones(300, dtype=np.int64)
@@ -40,7 +41,8 @@ def _setup(hooks, dropout=0.1, **train_kw):
     cfg = TrainConfig(**{**dict(batch_size=4, eval_iters=2, eval_interval=4, log_interval=1, max_steps=16,
                                 warmup_steps=3, lr=3e-3), **train_kw}).validate()
     seed_everything(cfg.seed)
-    model = GPT(ModelConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=dropout))
+    model = build(ModelConfig(arch=arch, vocab_size=300, block_size=16, n_layer=2 if arch != "gpt" else 1,
+                              n_head=2 if arch == "gpt" else 1, n_embd=32, dropout=dropout))
     return Trainer(model, cfg, train, val, lengths, pick_precision("float32", torch.device("cpu")), hooks)
 
 
@@ -105,20 +107,20 @@ def test_nan_loss_stops_with_a_clear_error():
     assert rec.checkpoints == []
 
 
-@pytest.mark.parametrize("stop_at", [3, 4, 9])
-def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at):
+@pytest.mark.parametrize("stop_at, arch", [(3, "gpt"), (4, "gpt"), (9, "gpt"), (5, "lstm"), (5, "gru"), (5, "rnn")])
+def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch):
     straight = Recorder()
-    _setup(straight).run()
+    _setup(straight, arch=arch).run()
 
     first = Recorder(stop_at=stop_at)
-    trainer = _setup(first)
+    trainer = _setup(first, arch=arch)
     assert trainer.run() == "interrupted"
     ckpt.save_resume(tmp_path, trainer.model, trainer.optimizer, {**trainer.state_dict(), "rng": rng_state()})
 
     torch.manual_seed(12345)  # scramble everything resume must restore
     np.random.seed(5)
     second = Recorder()
-    resumed = _setup(second)
+    resumed = _setup(second, arch=arch)
     state = ckpt.load_resume(tmp_path, resumed.model, resumed.optimizer)
     resumed.load_state_dict(state)
     set_rng_state(state["rng"])

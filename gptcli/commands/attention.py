@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from gptcli import checkpoint as ckpt
+from gptcli import folders
 from gptcli.attention import attention_maps
 from gptcli.config import AttentionOptions
 from gptcli.console import Console
@@ -103,8 +104,12 @@ def _token_text(tok, i: int) -> str:
 
 def run(req: AttentionRequest, console: Console) -> AttentionResult:
     opts = req.options
+    if req.out is not None:
+        folders.check_file_out(req.out, "--out")
     run_dir = ckpt.resolve_run(req.checkpoint, console.info)
     cfg = ckpt.model_config(ckpt.read_config(run_dir), run_dir)
+    if cfg.recurrent:
+        raise UsageError(f"attention maps need a GPT: {run_dir} is an {cfg.arch} model, which has no attention")
     if opts.layer is not None and opts.layer >= cfg.n_layer:
         raise UsageError(f"--layer must be between 0 and {cfg.n_layer - 1} (the model has {cfg.n_layer} layers), "
                          f"got {opts.layer}")

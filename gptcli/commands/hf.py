@@ -112,8 +112,10 @@ def import_hf(req: HFRequest) -> HFResult:
 def export_hf(req: HFRequest) -> HFResult:
     """Write a run folder as an HF GPT-2 folder that transformers loads."""
     run, out = req.src, req.out
+    cfg = ckpt.model_config(ckpt.read_config(run), run)
+    if cfg.recurrent:
+        raise UsageError(f"{run} is an {cfg.arch} model: export-hf writes GPT-2 folders, and only a gpt model is one")
     model, tok, _ = ckpt.load_run(run)
-    cfg = model.config
     if cfg.pos_encoding != "learned":
         raise UsageError(f"{run} uses --pos-encoding {cfg.pos_encoding}: GPT-2 has learned positions, so it cannot "
                          "be exported as GPT-2")

@@ -31,11 +31,14 @@ class InfoResult:
 
     def to_text(self) -> str:
         m, t, tr = self.model, self.tokenizer, self.training
+        shape = (f"{m['arch']}, {m['n_layer']} layers, {m['n_embd']} wide, trained on windows of {m['block_size']}"
+                  if m.get("arch", "gpt") != "gpt" else
+                  f"gpt, {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, context {m['block_size']}, "
+                  f"{m['pos_encoding']} positions")
         lines = [
             f"run          {self.run}",
             f"parameters   {self.params:,}",
-            f"model        {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, context {m['block_size']}, "
-            f"{m['pos_encoding']} positions, dropout {m['dropout']}, bias {m['bias']}",
+            f"model        {shape}, dropout {m['dropout']}, bias {m['bias']}",
             f"tokenizer    {t.get('vocab_size')} tokens (byte-level BPE)",
         ]
         if tr:

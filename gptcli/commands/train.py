@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gptcli import budget, folders, workspace
 from gptcli import checkpoint as ckpt
+from gptcli.architectures import build, param_count
 from gptcli.commands import inputs
 from gptcli.commands.run_folder import RunFolderHooks
 from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, flag, preset
@@ -28,7 +29,7 @@ from gptcli.corpus import Document, documents, iter_documents_text
 from gptcli.data import Split, check_fits, split_train_val
 from gptcli.device import dist_info, pick_device, pick_precision, seed_everything
 from gptcli.errors import UsageError
-from gptcli.model import GPT
+from gptcli.recurrent import matched_width
 from gptcli.runlock import lock_owner, refuse_if_locked, run_lock
 from gptcli.settings import from_dict, to_dict
 from gptcli.tokenizer import BPETokenizer
@@ -81,12 +82,29 @@ class TrainResult:
 
 
 def settings_for(preset_name: str, given: dict) -> tuple[ModelConfig, TrainConfig]:
-    """The preset's shape and training settings, with what the user gave on top."""
+    """The preset's shape and training settings, with what the user gave on top. A
+    recurrent arch takes the preset's depth; its width is matched later (matched_shape)."""
     chosen = preset(preset_name)
     model_names = {f.name for f in dataclasses.fields(ModelConfig)}
     model = {**chosen["model"], **{k: v for k, v in given.items() if k in model_names}}
     train = {**chosen["train"], **{k: v for k, v in given.items() if k not in model_names}}
+    if model.get("arch", "gpt") != "gpt":
+        for name in ("pos_encoding", "n_head"):
+            if name in given:
+                raise UsageError(f"{flag(name)} does not apply to --arch {model['arch']}: a recurrent model has no "
+                                 "attention heads or positions")
+        model["n_head"] = 1
     return ModelConfig(**model), TrainConfig(**train)
+
+
+def matched_shape(cfg: ModelConfig, preset_name: str, given: dict) -> ModelConfig:
+    """A recurrent model as large as the preset's GPT (same vocabulary and depth; the
+    width solved for the parameter count), unless the user set the width."""
+    if not cfg.recurrent or "n_embd" in given:
+        return cfg
+    shape = preset(preset_name)["model"]
+    gpt = dataclasses.replace(cfg, arch="gpt", n_embd=shape["n_embd"], n_head=shape["n_head"])  # the GPT it stands for
+    return dataclasses.replace(cfg, n_embd=matched_width(cfg, param_count(gpt)))
 
 
 # -- planning: every check before any work ------------------------------------------
@@ -200,12 +218,14 @@ def _tokenizer(req: TrainRequest, plan: _Plan, docs: list[Document], console: Co
     return tok, False
 
 
-def _splits(plan: _Plan, docs, val_docs, tok: BPETokenizer, console: Console) -> tuple[Split, Split]:
+def splits(docs: list[Document], val_docs: list[Document], tok: BPETokenizer, val_fraction: float,
+           console: Console) -> tuple[Split, Split]:
+    """The training and validation tokens: --val's text, else the corpus's last val_fraction."""
     tf = inputs.tokens(docs, tok, console, "corpus")
     if val_docs:
         vf = inputs.tokens(val_docs, tok, console, "validation")
         return Split(tf.array(), tf.n_bytes), Split(vf.array(), vf.n_bytes)
-    return split_train_val(tf.array(), tok.token_byte_lengths(), plan.train_cfg.val_fraction)
+    return split_train_val(tf.array(), tok.token_byte_lengths(), val_fraction)
 
 
 # -- the command -------------------------------------------------------------------
@@ -221,10 +241,13 @@ def run(req: TrainRequest, console: Console) -> TrainResult:
         if req.resume is not None:
             _check_same_corpus(plan, docs, val_docs, req.allow_corpus_change)
         tok, new_tokenizer = _tokenizer(req, plan, docs, console)
-        train_split, val_split = _splits(plan, docs, val_docs, tok, console)
+        train_split, val_split = splits(docs, val_docs, tok, plan.train_cfg.val_fraction, console)
         corpus = {"corpus": [d.name for d in docs], "corpus_digests": [d.digest for d in docs],
                   "val_digests": [d.digest for d in val_docs]}
-    model_cfg = dataclasses.replace(plan.model_cfg, vocab_size=tok.vocab_size).validate()
+    model_cfg = dataclasses.replace(plan.model_cfg, vocab_size=tok.vocab_size)
+    if req.resume is None and req.init is None:
+        model_cfg = matched_shape(model_cfg, req.preset or DEFAULT_PRESET, req.settings)
+    model_cfg.validate()
     check_fits(train_split, model_cfg.block_size, "training")
     check_fits(val_split, model_cfg.block_size, "validation")
     budget.check_training(model_cfg, plan.train_cfg.batch_size)
@@ -305,14 +328,16 @@ def _empty(folder: Path) -> None:
 def _train(run: Path, s: _Setup, console: Console, resume: bool) -> TrainResult:
     train_cfg, model_cfg = s.plan.train_cfg, s.model_cfg
     seed_everything(train_cfg.seed)
-    model = GPT(model_cfg)
+    model = build(model_cfg)
     if s.plan.init_weights is not None:
         model.load_state_dict(s.plan.init_weights)
     model.to(s.precision.device)
     s.summary["params"] = model.num_params()
-    console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layer} layers, "
-                 f"{model_cfg.n_head} heads, {model_cfg.n_embd} wide, context {model_cfg.block_size} | "
-                 f"{s.precision.device.type} {s.precision.name}")
+    shape = (f"{model_cfg.arch}, {model_cfg.n_layer} layers, {model_cfg.n_embd} wide, windows of "
+             f"{model_cfg.block_size}" if model_cfg.recurrent else f"{model_cfg.n_layer} layers, {model_cfg.n_head} "
+             f"heads, {model_cfg.n_embd} wide, context {model_cfg.block_size}")
+    console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {shape} | {s.precision.device.type} "
+                 f"{s.precision.name}")
     if s.plan.init_weights is not None:
         console.info(f"init: starting from the weights of {s.summary['init']}")
     with console.progress("training", None, "steps") as bar:
