@@ -50,11 +50,16 @@ CONFIG_SCHEMA = {
                   "best_step?": (int, None), "best_val_loss?": (float, None), "best_val_bpb?": float,
                   "schedule_steps?": (int, None), "last_eval?": dict, "stop_reason?": str, "imported_from?": str},
 }
+_RANK_STATE = {  # one process's batch sampler and random-number generators
+    "sampler": {"bit_generator": str, "state": {"state": int, "inc": int}, "has_uint32": int, "uinteger": int},
+    "rng": {"python": list, "numpy": dict, "torch": str},
+}
 TRAINER_STATE_SCHEMA = {
     "trainer": {"step": int, "tokens_seen": int, "elapsed": float, "total_steps": (int, None),
                 "best_val_loss": (float, None), "best_step": (int, None), "evals_since_best": int, "last_eval": dict},
-    "sampler": {"bit_generator": str, "state": {"state": int, "inc": int}, "has_uint32": int, "uinteger": int},
-    "rng": {"python": list, "numpy": dict, "torch": str},
+    **_RANK_STATE,  # rank 0's (the only one without torchrun)
+    "world_size?": int,
+    "ranks?": [_RANK_STATE],  # under torchrun: every rank's, in rank order
     "optimizer_groups": [dict],
 }
 
@@ -147,10 +152,8 @@ def write_tokenizer(run: Path, tok: BPETokenizer) -> None:
 
 def save_resume(run: Path, model: LanguageModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Stage latest weights, optimizer tensors and trainer state together, then swap."""
-    opt = optimizer.state_dict()
-    tensors = {f"{idx}.{name}": t.detach().contiguous().cpu()
-               for idx, slots in opt["state"].items() for name, t in slots.items()}
-    state = {**state, "optimizer_groups": opt["param_groups"]}
+    tensors, groups = optimizer_tensors(optimizer)
+    state = {**state, "optimizer_groups": groups}
     with folders.staged(run / RESUME, old=run / RESUME_OLD) as stage:
         save_weights(stage / WEIGHTS, model)
         with atomic.atomic_path(stage / OPTIMIZER) as tmp:
@@ -197,18 +200,32 @@ def load_resume(run: Path, model: LanguageModel, optimizer: torch.optim.Optimize
     folder = resume_dir(run)
     state = read_trainer_state(run)
     load_weights(model, folder / WEIGHTS)
-    tensors = read_tensors(folder / OPTIMIZER)
+    load_optimizer(optimizer, read_tensors(folder / OPTIMIZER), state.pop("optimizer_groups"), str(folder))
+    return state
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as named CPU tensors ("<param index>.<slot>") and its
+    parameter groups as JSON: safetensors and JSON, no pickle."""
+    opt = optimizer.state_dict()
+    tensors = {f"{idx}.{name}": t.detach().contiguous().cpu()
+               for idx, slots in opt["state"].items() for name, t in slots.items()}
+    return tensors, opt["param_groups"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict],
+                   where: str) -> None:
+    """The inverse of optimizer_tensors (`where` names the source in errors)."""
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         idx, _, name = key.partition(".")
         if not idx.isdigit() or not name:
-            raise UsageError(f"{folder / OPTIMIZER} holds an unexpected tensor {key!r}")
+            raise UsageError(f"{where} optimizer state holds an unexpected tensor {key!r}")
         slots.setdefault(int(idx), {})[name] = t
     try:
-        optimizer.load_state_dict({"state": slots, "param_groups": state.pop("optimizer_groups")})
+        optimizer.load_state_dict({"state": slots, "param_groups": groups})
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
-        raise UsageError(f"{folder} optimizer state does not fit the model ({first_line(e)})") from None
-    return state
+        raise UsageError(f"{where} optimizer state does not fit the model ({first_line(e)})") from None
 
 
 # -- metrics -----------------------------------------------------------------------

@@ -29,7 +29,7 @@ from gptcli.config import (
     TrainConfig,
 )
 from gptcli.entry import stdout_wanted, writing_stdout
-from gptcli.errors import UsageError
+from gptcli.errors import ReportedElsewhere, UsageError
 from gptcli.options import settings_options
 from gptcli.settings import pick
 
@@ -119,6 +119,10 @@ def train(
         paths=list(paths or []), preset=preset, settings=settings, out=out, resume=resume, init=init,
         overwrite=overwrite, tokenizer=tokenizer, val=list(val or []), allow_corpus_change=allow_corpus_change),
         console)
+    if not result.main:  # another rank of a torchrun job: rank 0 reports
+        if result.exit_code:
+            raise ReportedElsewhere(result.exit_code)
+        return
     console.info(result.to_text())
     if json_out:
         _print(result, as_json=True)

@@ -26,8 +26,9 @@ def say(text: str) -> None:
 
 
 class Console:
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    def __init__(self, quiet: bool = False, silent: bool = False):
+        """quiet: warnings and errors only; silent: nothing (torchrun's ranks but 0)."""
+        self.quiet, self.silent = quiet or silent, silent
         self.tty = sys.stderr.isatty()
         self._rich = None
 
@@ -44,7 +45,8 @@ class Console:
             say(msg)
 
     def warn(self, msg: str) -> None:
-        say(f"warning: {msg}")
+        if not self.silent:
+            say(f"warning: {msg}")
 
     def progress(self, description: str, total: float | None, unit: str = "") -> "Progress":
         if self.quiet:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import os
 import random
 from dataclasses import dataclass
 
@@ -90,11 +89,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size) under torchrun; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _b64(t: torch.Tensor) -> str:

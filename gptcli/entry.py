@@ -16,7 +16,7 @@ import typer
 
 from gptcli.config import flag
 from gptcli.console import say
-from gptcli.errors import GptcliError, RunError, SettingError, UsageError
+from gptcli.errors import GptcliError, ReportedElsewhere, RunError, SettingError, UsageError
 
 state = {"debug": False, "stdout_closed": False}
 
@@ -92,6 +92,8 @@ def run(app: typer.Typer) -> None:
         code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
         code = 130
+    except ReportedElsewhere as e:
+        _quiet_exit(e.exit_code)
     except GptcliError as e:
         if state["debug"]:
             raise

@@ -30,6 +30,15 @@ class RunError(GptcliError):
     exit_code = 1
 
 
+class ReportedElsewhere(GptcliError):
+    """A failure another process has already told the user about (under torchrun, rank 0
+    speaks for every rank): exit with `exit_code` and print nothing."""
+
+    def __init__(self, exit_code: int = 1):
+        super().__init__("")
+        self.exit_code = exit_code
+
+
 class Setting(str):
     """A setting's name inside a SettingError's message."""
 

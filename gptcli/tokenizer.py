@@ -65,14 +65,22 @@ class BPETokenizer:
             raise UsageError(f"no tokenizer at {path}")
         try:
             text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path} is not a valid tokenizer.json ({first_line(e)})") from None
+        return cls.from_text(text, str(path))
+
+    @classmethod
+    def from_text(cls, text: str, where: str) -> "BPETokenizer":
+        """A tokenizer from the text of a tokenizer.json (`where` names it in errors)."""
+        try:
             spec = json.loads(text)
             tok = Tokenizer.from_str(text)
-        except Exception as e:  # OSError, bad UTF-8, bad JSON, or tokenizers' own errors
-            raise UsageError(f"{path} is not a valid tokenizer.json ({first_line(e)})") from None
+        except Exception as e:  # bad JSON, or tokenizers' own errors
+            raise UsageError(f"{where} is not a valid tokenizer.json ({first_line(e)})") from None
         model_type = (spec.get("model") or {}).get("type") if isinstance(spec, dict) else None
         decoder = json.dumps(spec.get("decoder")) if isinstance(spec, dict) else ""
         if model_type != "BPE" or "ByteLevel" not in decoder:
-            raise UsageError(f"{path} is not a byte-level BPE tokenizer (model {model_type!r})")
+            raise UsageError(f"{where} is not a byte-level BPE tokenizer (model {model_type!r})")
         return cls(tok, text)
 
     @classmethod

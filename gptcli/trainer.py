@@ -8,6 +8,7 @@ on_eval, on_checkpoint) and leaves saving and printing to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -15,10 +16,12 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
+from gptcli import distributed
 from gptcli.architectures import LanguageModel
 from gptcli.config import TrainConfig
 from gptcli.data import BatchSampler, Split, spread_windows
-from gptcli.device import Precision
+from gptcli.device import Precision, rng_state, set_rng_state
+from gptcli.distributed import Dist
 from gptcli.errors import RunError, UsageError, first_line
 from gptcli.scoring import score_tokens, score_windows
 
@@ -40,7 +43,7 @@ class TrainState:
 
 
 class Hooks:
-    """Override what you need."""
+    """Override what you need; under torchrun only rank 0's hooks are called."""
 
     def on_step(self, trainer: "Trainer") -> None:
         """After every optimizer step; must stay cheap (no host sync)."""
@@ -49,7 +52,8 @@ class Hooks:
 
     def on_eval(self, trainer: "Trainer", record: dict) -> None: ...
 
-    def on_checkpoint(self, trainer: "Trainer", is_best: bool) -> None: ...
+    def on_checkpoint(self, trainer: "Trainer", is_best: bool, state: dict) -> None:
+        """`state` is what resume needs: trainer_state.json (every rank's sampler and RNG)."""
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -79,21 +83,28 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int | None) -> float:
     return cfg.min_lr_value + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr_value)
 
 
+STOP_REASONS = (None, "max_steps", "epochs", "max_time", "early_stop", "interrupted")  # agreed by the highest
+
+
 class Trainer:
+    """Under torchrun (`dist.active`), each rank draws its own batches and the gradients
+    are averaged by DistributedDataParallel; the ranks agree on when to stop, log the mean
+    loss, and evaluate alike, so they stay in step."""
+
     def __init__(self, model: LanguageModel, cfg: TrainConfig, train: Split, val: Split, byte_lengths: np.ndarray,
-                 precision: Precision, hooks: Hooks | None = None, rank: int = 0, world_size: int = 1):
+                 precision: Precision, hooks: Hooks | None = None, dist: Dist | None = None):
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
-        self.precision, self.hooks = precision, hooks or Hooks()
-        self.rank, self.world_size = rank, world_size
+        self.precision, self.hooks, self.dist = precision, hooks or Hooks(), dist or Dist()
         self.device = precision.device
         self.block_size = model.config.block_size
         self.byte_lengths = torch.as_tensor(byte_lengths, device=self.device)
         self.state = TrainState()
-        self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, rank)
+        self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, self.dist.rank)
         self.optimizer = make_optimizer(model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_grad_scaler else None
-        self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * world_size
-        self._step_model = model  # replaced by the compiled model when --compile works
+        self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * self.dist.world
+        self._ddp = None  # DistributedDataParallel, made when training starts (after a resume has loaded)
+        self._step_model = model  # replaced by the DDP-wrapped or compiled model
         self._stop_requested = False
         self._byte_lengths_np = byte_lengths
         budget = cfg.eval_iters * cfg.batch_size
@@ -159,10 +170,13 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         total = torch.zeros((), device=self.device)
-        for _ in range(self.cfg.grad_accum):
+        for micro in range(self.cfg.grad_accum):
             x, y = self._batch()
-            loss = self._forward_loss(x, y) / self.cfg.grad_accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            # DDP averages gradients across ranks on the last micro-batch only
+            last = self._ddp is None or micro == self.cfg.grad_accum - 1
+            with contextlib.nullcontext() if last else self._ddp.no_sync():
+                loss = self._forward_loss(x, y) / self.cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -178,17 +192,27 @@ class Trainer:
         self.state.tokens_seen += self.tokens_per_step
         return total
 
+    def start_data_parallel(self) -> None:
+        """Wrap the model in DistributedDataParallel under torchrun. Wrapping copies rank 0's
+        weights to every rank, so it comes after a resume has loaded them."""
+        if self.dist.active and self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids, forward_sync_buffers=False)
+            self._step_model = self._ddp
+
     def try_compile(self, warn) -> None:
-        """torch.compile the model, falling back to eager (with a warning) if it fails."""
+        """torch.compile the model (after DDP wraps it), falling back to eager with a warning."""
         try:
-            compiled = torch.compile(self.model)
+            compiled = torch.compile(self._step_model)
             x = torch.zeros(1, min(8, self.block_size), dtype=torch.long, device=self.device)
             with torch.no_grad(), self.precision.autocast():
                 compiled(x, x)
             self._step_model = compiled
         except Exception as e:  # compilers fail in many ways; eager always works
             warn(f"--compile failed, training without it ({first_line(e)[:200]})")
-            self._step_model = self.model
+            self._step_model = self._ddp or self.model
 
     # -- evaluation -----------------------------------------------------------------
     @torch.no_grad()
@@ -218,7 +242,7 @@ class Trainer:
         loss_sum, loss_n, interval_t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
         interval_tokens = 0
         probe_t0 = None
-        while (reason := self._stop_reason()) is None:
+        while (reason := self._agreed_stop()) is None:
             t0 = time.perf_counter()
             loss = self.train_step()
             loss_sum += loss
@@ -230,18 +254,20 @@ class Trainer:
                 if step == 1:
                     probe_t0 = self.state.elapsed
                 elif step == 1 + TIME_PROBE_STEPS:
-                    self.state.total_steps = self._estimate_horizon((self.state.elapsed - probe_t0) / TIME_PROBE_STEPS)
-            if self.rank == 0:
+                    horizon = self._estimate_horizon((self.state.elapsed - probe_t0) / TIME_PROBE_STEPS)
+                    self.state.total_steps = distributed.agree_max(horizon) if self.dist.active else horizon
+            if self.dist.main:
                 self.hooks.on_step(self)
             if step % self.cfg.log_interval == 0:
-                mean_loss = (loss_sum / loss_n).item()
+                mean = loss_sum / loss_n
+                mean_loss = (distributed.mean(mean) if self.dist.active else mean).item()  # over every rank
                 self._check_finite(mean_loss)
                 now = time.perf_counter()
                 record = {"type": "train", "step": step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
                           "tokens": self.state.tokens_seen, "tokens_per_sec": interval_tokens / (now - interval_t0),
                           "elapsed": self.state.elapsed}
                 loss_sum, loss_n, interval_t0, interval_tokens = torch.zeros((), device=self.device), 0, now, 0
-                if self.rank == 0:
+                if self.dist.main:
                     self.hooks.on_log(self, record)
             if step % self.cfg.eval_interval == 0:
                 self._eval_and_checkpoint()
@@ -251,11 +277,24 @@ class Trainer:
         if self.state.last_eval.get("step") == self.state.step:
             return reason  # the checkpoint for this step is already written
         if reason == "interrupted":  # save fast, skip the evaluation
-            if self.rank == 0:
-                self.hooks.on_checkpoint(self, False)
+            state = self.checkpoint_state()
+            if self.dist.main:
+                self.hooks.on_checkpoint(self, False, state)
         else:
             self._eval_and_checkpoint()
         return reason
+
+    def _agreed_stop(self) -> str | None:
+        """Why to stop now, if at all. Under torchrun every rank takes the most pressing
+        reason of any rank (a Ctrl-C that reached one rank, a time budget one rank used up)
+        and the longest elapsed time, so all stop at the same step on the same schedule."""
+        reason = self._stop_reason()
+        if not self.dist.active:
+            return reason
+        both = torch.tensor([STOP_REASONS.index(reason), self.state.elapsed], dtype=torch.float64)
+        agreed = distributed.all_max(both)
+        self.state.elapsed = float(agreed[1])
+        return STOP_REASONS[int(agreed[0])]
 
     def _eval_and_checkpoint(self) -> None:
         t0 = time.perf_counter()
@@ -271,9 +310,10 @@ class Trainer:
         record = {"type": "eval", "step": self.state.step, "tokens": self.state.tokens_seen,
                   "elapsed": self.state.elapsed, **metrics, "best_val_loss": self.state.best_val_loss}
         self.state.last_eval = record
-        if self.rank == 0:
+        state = self.checkpoint_state()
+        if self.dist.main:
             self.hooks.on_eval(self, record)
-            self.hooks.on_checkpoint(self, improved)
+            self.hooks.on_checkpoint(self, improved, state)
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
@@ -283,12 +323,26 @@ class Trainer:
             raise RunError(f"loss became {loss} at step {self.state.step}; stopping: {where}. Try a lower --lr")
 
     # -- resume ---------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"trainer": asdict(self.state), "sampler": self.sampler.state_dict()}
+    def checkpoint_state(self) -> dict:
+        """What resume needs, as JSON: the loop's position, and each rank's batch sampler
+        and random-number generators (under torchrun, gathered from every rank: every
+        rank must call this)."""
+        own = {"sampler": self.sampler.state_dict(), "rng": rng_state()}
+        state = {"trainer": asdict(self.state), **own, "world_size": self.dist.world}
+        if self.dist.active:
+            state["ranks"] = distributed.all_gather_json(own)
+        return state
 
     def load_state_dict(self, d: dict) -> None:
         unknown = set(d["trainer"]) - {f.name for f in fields(TrainState)}
         if unknown:
             raise UsageError(f"the saved trainer state has unknown fields: {', '.join(sorted(unknown))}")
+        saved_world = d.get("world_size", 1)
+        if saved_world != self.dist.world:
+            raise UsageError(f"the run was trained by {saved_world} process(es) and is resumed by {self.dist.world}: "
+                             "each process draws its own batches, so resume it with the same number "
+                             f"(torchrun --nproc-per-node {saved_world}, or no torchrun for 1)")
+        own = d["ranks"][self.dist.rank] if self.dist.active else d
         self.state = TrainState(**d["trainer"])
-        self.sampler.load_state_dict(d["sampler"])
+        self.sampler.load_state_dict(own["sampler"])
+        set_rng_state(own["rng"])

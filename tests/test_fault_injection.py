@@ -35,9 +35,9 @@ def _kill_inside_checkpoints(monkeypatch, run, victim: str) -> None:
     armed = []
     original = run_folder.RunFolderHooks.on_checkpoint
 
-    def on_checkpoint(self, trainer, is_best):
+    def on_checkpoint(self, trainer, is_best, state):
         armed.append(is_best)
-        original(self, trainer, is_best)
+        original(self, trainer, is_best, state)
 
     def dying(real, top_level_only=False):
         def call(*args, **kwargs):

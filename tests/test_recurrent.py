@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gptcli.architectures import build, param_count
-from gptcli.commands.train import matched_shape, settings_for
+from gptcli.commands.train_plan import matched_shape, settings_for
 from gptcli.config import PRESETS, ModelConfig, SampleConfig
 from gptcli.decoding import RecurrentDecoder, beam_search, decode_steps
 

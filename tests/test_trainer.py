@@ -12,7 +12,7 @@ from gptcli import checkpoint as ckpt
 from gptcli.architectures import build
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data import Split
-from gptcli.device import pick_precision, rng_state, seed_everything, set_rng_state
+from gptcli.device import pick_precision, seed_everything
 from gptcli.model import GPT
 from gptcli.trainer import Hooks, Trainer, lr_at, param_groups
 
@@ -29,7 +29,7 @@ class Recorder(Hooks):
     def on_eval(self, trainer, record):
         self.evals.append(record)
 
-    def on_checkpoint(self, trainer, is_best):
+    def on_checkpoint(self, trainer, is_best, state):
         self.checkpoints.append((trainer.state.step, is_best))
 
 
@@ -115,15 +115,14 @@ def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch):
     first = Recorder(stop_at=stop_at)
     trainer = _setup(first, arch=arch)
     assert trainer.run() == "interrupted"
-    ckpt.save_resume(tmp_path, trainer.model, trainer.optimizer, {**trainer.state_dict(), "rng": rng_state()})
+    ckpt.save_resume(tmp_path, trainer.model, trainer.optimizer, trainer.checkpoint_state())
 
     torch.manual_seed(12345)  # scramble everything resume must restore
     np.random.seed(5)
     second = Recorder()
     resumed = _setup(second, arch=arch)
     state = ckpt.load_resume(tmp_path, resumed.model, resumed.optimizer)
-    resumed.load_state_dict(state)
-    set_rng_state(state["rng"])
+    resumed.load_state_dict(state)  # the sampler and the random-number generators too
     assert resumed.run() == "max_steps"
 
     assert sorted(second.losses) == list(range(stop_at + 1, 17))

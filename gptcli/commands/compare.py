@@ -21,7 +21,7 @@ import torch
 
 from gptcli import atomic, folders, plots
 from gptcli import checkpoint as ckpt
-from gptcli.commands import train
+from gptcli.commands import inputs, train
 from gptcli.config import ARCHS, SampleConfig, flag
 from gptcli.console import Console
 from gptcli.corpus import documents
@@ -139,7 +139,7 @@ def _measure(req: CompareRequest, records: list[dict], console: Console) -> None
     first = ckpt.load_run(req.out / records[0]["arch"])[1]
     with documents(req.paths, console.warn) as docs, \
             documents(req.val, console.warn) if req.val else _nothing() as val_docs:
-        val = train.splits(docs, val_docs, first, _val_fraction(req.out / records[0]["arch"]), console)[1]
+        val = inputs.splits(docs, val_docs, first, _val_fraction(req.out / records[0]["arch"]), console)[1]
     device = pick_device(req.settings.get("device", "auto"))
     for r in records:
         run_dir = req.out / r["arch"]
@@ -215,8 +215,8 @@ def _draw(out: Path, records: list[dict]) -> None:
     plots.lines(out / "position.png", [
         ("mean validation loss by position in the context window", "position in the window (tokens of context, "
          "log scale)", "loss (nats per token)", positions)],
-        f"{POSITION_WINDOWS} validation windows, positions averaged in bins that double in width: a model that uses "
-        "distant context keeps lowering its loss at later positions", columns=1, log_x=True)
+        f"{POSITION_WINDOWS} validation windows, positions averaged in bins that double in width:\n"
+        "a model that uses distant context keeps lowering its loss at later positions", columns=1, log_x=True)
 
 
 def _binned(losses: list[float]) -> tuple[list[float], list[float]]:

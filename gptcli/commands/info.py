@@ -43,7 +43,8 @@ class InfoResult:
         ]
         if tr:
             lines.append(f"trained      {tr.get('steps', 0)} steps, {tr.get('tokens_seen', 0):,} tokens, "
-                         f"{tr.get('elapsed_sec', 0):.0f}s on {tr.get('device', '?')} {tr.get('dtype', '')}")
+                         f"{tr.get('elapsed_sec', 0):.0f}s on {tr.get('device', '?')} {tr.get('dtype', '')}"
+                         + (f", {tr['world_size']} processes (torchrun)" if tr.get("world_size", 1) > 1 else ""))
             if tr.get("best_val_loss") is not None:
                 bpb = tr.get("best_val_bpb")
                 lines.append(f"best val     loss {tr['best_val_loss']:.4f} at step {tr.get('best_step')}"

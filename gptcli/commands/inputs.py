@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from gptcli.console import Console
 from gptcli.corpus import Document
-from gptcli.data import TokenFile, lookup_cache, tokenize_to_cache
+from gptcli.data import Split, TokenFile, lookup_cache, split_train_val, tokenize_to_cache
 from gptcli.errors import UsageError
 from gptcli.tokenizer import BPETokenizer
 
@@ -116,3 +116,13 @@ def tokens(docs: list[Document], tok: BPETokenizer, console: Console, what: str)
         how = f"tokenized in {time.perf_counter() - t0:.1f}s"
     console.info(f"data: {what} {total:,} bytes -> {tf.n_tokens:,} tokens ({how})")
     return tf
+
+
+def splits(docs: list[Document], val_docs: list[Document], tok: BPETokenizer, val_fraction: float,
+           console: Console) -> tuple[Split, Split]:
+    """The training and validation tokens: --val's text, else the corpus's last val_fraction."""
+    tf = tokens(docs, tok, console, "corpus")
+    if val_docs:
+        vf = tokens(val_docs, tok, console, "validation")
+        return Split(tf.array(), tf.n_bytes), Split(vf.array(), vf.n_bytes)
+    return split_train_val(tf.array(), tok.token_byte_lengths(), val_fraction)

@@ -11,7 +11,6 @@ from pathlib import Path
 from gptcli import atomic
 from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
-from gptcli.device import rng_state, set_rng_state
 from gptcli.settings import format_duration
 from gptcli.tokenizer import BPETokenizer
 from gptcli.trainer import Hooks, Trainer
@@ -59,11 +58,11 @@ class RunFolderHooks(Hooks):
         self.bar.line(f"eval step {record['step']}: train {record['train_loss']:.4f} | val {record['val_loss']:.4f} "
                       f"| val {record['val_bpb']:.4f} bits/byte")
 
-    def on_checkpoint(self, trainer: Trainer, is_best: bool) -> None:
+    def on_checkpoint(self, trainer: Trainer, is_best: bool, state: dict) -> None:
         # resume/ first: a kill before the best weights or config.json are written leaves
         # resume/ ahead of them, and resuming catches them up (restore_from). The other
         # order could leave a new best beside a trainer state that never saw it.
-        ckpt.save_resume(self.run, trainer.model, trainer.optimizer, {**trainer.state_dict(), "rng": rng_state()})
+        ckpt.save_resume(self.run, trainer.model, trainer.optimizer, state)
         if is_best or not (self.run / ckpt.WEIGHTS).is_file():
             save_weights(self.run / ckpt.WEIGHTS, trainer.model)
         self.write_summary(trainer)
@@ -73,14 +72,14 @@ class RunFolderHooks(Hooks):
         self.summary.update(training_summary(trainer))
         ckpt.write_config(self.run, self.model_cfg, self.tok, self.summary)
 
-    def restore_from(self, trainer: Trainer) -> None:
+    def restore_from(self, trainer: Trainer) -> dict:
         """Load resume/ into the trainer, then bring the rest of the folder up to it: a kill
         can fall after resume/ is swapped in and before model.safetensors or config.json
-        are written (and metrics.jsonl may run past the checkpoint)."""
+        are written (and metrics.jsonl may run past the checkpoint). Returns the trainer
+        state it loaded."""
         ckpt.clean_stale(self.run)
         state = ckpt.load_resume(self.run, trainer.model, trainer.optimizer)
         trainer.load_state_dict(state)
-        set_rng_state(state["rng"])
         s = trainer.state
         self.bar.line(f"resuming {self.run} at step {s.step}")
         if s.best_step == s.step and ckpt.restore_best(self.run):
@@ -88,6 +87,7 @@ class RunFolderHooks(Hooks):
                           "stopped before writing")
         _truncate_metrics(self.run, s.step)
         self.write_summary(trainer)
+        return state
 
 
 def training_summary(trainer: Trainer) -> dict:
