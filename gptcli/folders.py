@@ -52,8 +52,15 @@ def check_file_out(path: Path, label: str) -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {label} {path}: {parent} is not a folder you can write to")
+    problem = None if parent.is_dir() else "not a folder"
+    if problem is None:
+        try:  # a real probe: permission bits say nothing for root, or on /proc
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as e:
+            problem = e.strerror or str(e)
+    if problem is not None:
+        raise UsageError(f"cannot write {label} {path}: {parent} is not a folder you can write to ({problem})")
 
 
 @contextlib.contextmanager

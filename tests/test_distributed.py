@@ -98,6 +98,8 @@ def test_a_rank_that_fails_ends_the_job_quickly_with_a_clear_error(tmp_path):
     assert time.monotonic() - t0 < 60
     assert result.returncode != 0
     assert "error: rank 1: RuntimeError: injected failure on rank 1 at step 3" in result.stderr
+    assert "error: rank 0: lost contact with the other training processes" in result.stderr
+    assert not (tmp_path / "run").exists()  # it failed before its first checkpoint
 
 
 def test_bad_input_under_torchrun_is_one_error_line_from_rank_0(tmp_path):
@@ -106,6 +108,10 @@ def test_bad_input_under_torchrun_is_one_error_line_from_rank_0(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: missing.txt: no such file or folder"], result.stderr[-3000:]
     assert not (tmp_path / "checkpoints").exists()
+    result = torchrun("-m", "gptcli", "train", "-", *TINY_FLAGS, cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: under torchrun every process reads the corpus: pass files or folders, not - (stdin)"]
 
 
 def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
