@@ -1,112 +1,310 @@
-"""gptcli's generation against HF transformers' GPT2LMHeadModel.generate, same weights.
+"""gptcli's generation against CTranslate2 and HF transformers, on the same weights.
 
-Builds a random GPT-2 of the `tiny` shape (4 layers, 4 heads, 256 wide, context 256,
-vocabulary 4096; or --shape gpt2, the 124M model), loads the same tensors into both, and
-times, on the CPU (or --device cuda) in one process, alternating runs, medians over
---repeats:
-  greedy at batch 1, top-k sampling at batch 1, beam search with 4 beams, and greedy
-  with 8 prompts in one batch.
-End-of-text is disabled on both sides so every run makes exactly --new tokens.
-Reports tokens/s, the ratio to HF, and whether the greedy tokens are identical.
+For each shape (the shipped `tiny` model, and random `small`, `medium` and `gpt2`-shaped
+models with the shipped 4,096-token vocabulary) it writes a gptcli run folder, exports
+it with `gptcli export-hf`, converts that with `ct2-transformers-converter`, and times
+every engine on the same prompts and token counts:
 
-    pip install -e ".[dev]" && python benchmarks/generate.py
+  greedy     one 16-token prompt, greedy            topk       the same, top-k 50 sampling
+  beam4      the same, 4 beams                      batch8     8 prompts in one batch, greedy
+  prompts64  64 prompts of various lengths (lines of the held-out text), greedy, one batch
+
+End-of-text is disabled everywhere, so every run makes exactly --new tokens per output.
+Each engine runs in its own worker process (two OpenMP runtimes in one process slow each
+other down: CTranslate2's threads spin after each call), the workers take turns with a
+pause between, and each figure is the median over --repeats runs. Greedy and beam tokens
+are compared with CTranslate2's and transformers' (gptcli in float32 must equal both;
+int8 weights are scored separately, by --quality). --cli also times what a user runs,
+`gptcli generate --json`, and reports its tokens_per_second.
+
+    pip install -e ".[dev]" && python benchmarks/generate.py            # every shape
+    python benchmarks/generate.py --shapes tiny --repeats 7 --cli --quality
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import torch
-
-from gptcli.config import ModelConfig, SampleConfig
-from gptcli.decoding import beam_search, decode_steps
-from gptcli.hf_weights import to_hf_state_dict
-from gptcli.model import GPT
-
-SHAPES = {  # the `tiny` preset with the default vocabulary, and GPT-2 small (124M)
-    "tiny": ModelConfig(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256),
-    "gpt2": ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
-}
+ENGINES = ("gptcli", "gptcli-int8", "ctranslate2", "transformers")
+CASES = ("greedy", "topk", "beam4", "batch8", "prompts64")
+SHAPES = ("tiny", "small", "medium", "gpt2")
+CORPUS = Path(__file__).resolve().parents[1] / "gptcli" / "assets" / "tinyshakespeare.txt"
 
 
-def build(cfg: ModelConfig, device: torch.device):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    ours = GPT(cfg).eval()
-    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        activation_function="gelu_new")
-    hf = GPT2LMHeadModel(hf_cfg).eval()
-    missing, unexpected = hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # lm_head is tied to wte
-    return ours.to(device), hf.to(device)
+# -- the engines, one per worker process ---------------------------------------------
 
 
-def run_ours(model, case, prompts, new):
-    if case == "beam4":
-        cfg = SampleConfig(strategy="beam", num_beams=4, max_new_tokens=new)
-        return [beam_search(model, prompts[0], cfg, -1)[0].tokens]
-    if case == "topk":
-        cfg = SampleConfig(strategy="sample", max_new_tokens=new, temperature=1.0, top_k=50, top_p=None)
-        gens = [torch.Generator(device=model.lm_head.weight.device).manual_seed(0) for _ in prompts]
+def load_engine(engine: str, folder: Path, threads: int):
+    """A function (case, prompts, new) -> (outputs' token ids, tokens produced)."""
+    if engine.startswith("gptcli"):
+        import torch
+
+        from gptcli import checkpoint as ckpt
+        from gptcli.config import SampleConfig
+        from gptcli.decoding import beam_search, decode_steps
+
+        torch.set_num_threads(threads)
+        model, _, _ = ckpt.load_run(folder / "run")
+        weights = "int8" if engine.endswith("int8") else "float32"
+
+        def run(case, prompts, new):
+            with torch.inference_mode():
+                if case == "beam4":
+                    cfg = SampleConfig(strategy="beam", num_beams=4, max_new_tokens=new)
+                    return [beam_search(model, prompts[0], cfg, -1, weights)[0].tokens]
+                if case == "topk":
+                    cfg = SampleConfig(strategy="sample", max_new_tokens=new, temperature=1.0, top_k=50, top_p=None)
+                    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+                else:
+                    cfg, gens = SampleConfig(strategy="greedy", max_new_tokens=new), None
+                steps = list(decode_steps(model, prompts, cfg, -1, gens, weights))
+                return [[s[0][i] for s in steps] for i in range(len(prompts))]
+        return run
+    if engine == "ctranslate2":
+        import ctranslate2
+
+        gen = ctranslate2.Generator(str(folder / "ct2"), device="cpu", intra_threads=threads, inter_threads=1)
+        vocab = json.loads((folder / "ct2" / "vocabulary.json").read_text())
+
+        def run(case, prompts, new):
+            kw = dict(max_length=new, min_length=new, include_prompt_in_result=False, max_batch_size=len(prompts))
+            if case == "beam4":
+                kw.update(beam_size=4)
+            elif case == "topk":
+                kw.update(sampling_topk=50, sampling_temperature=1.0)
+            results = gen.generate_batch([[vocab[i] for i in p] for p in prompts], **kw)
+            return [r.sequences_ids[0] for r in results]
+        return run
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    torch.set_num_threads(threads)
+    model = GPT2LMHeadModel.from_pretrained(folder / "hf").eval()
+
+    def run(case, prompts, new):
+        width = max(len(p) for p in prompts)  # left padding, as HF wants for generation
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        kw = dict(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, eos_token_id=None, attention_mask=mask)
+        with torch.inference_mode():
+            if case == "beam4":
+                out = model.generate(ids, num_beams=4, do_sample=False, early_stopping=False, **kw)[:1]
+            elif case == "topk":
+                out = model.generate(ids, do_sample=True, top_k=50, top_p=1.0, temperature=1.0, **kw)
+            else:
+                out = model.generate(ids, do_sample=False, **kw)
+        return out[:, width:].tolist()
+    return run
+
+
+def worker(engine: str, folder: Path, threads: int) -> None:
+    """Answer one JSON line per request on stdin: {"case", "prompts", "new"} -> {"seconds", "outputs"}."""
+    run = load_engine(engine, folder, threads)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        t = time.perf_counter()
+        outputs = run(req["case"], req["prompts"], req["new"])
+        print(json.dumps({"seconds": time.perf_counter() - t, "outputs": outputs}), flush=True)
+
+
+class Worker:
+    def __init__(self, engine: str, folder: Path, threads: int):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", engine, "--folder", str(folder),
+                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        json.loads(self.proc.stdout.readline())
+
+    def run(self, case: str, prompts: list[list[int]], new: int) -> dict:
+        self.proc.stdin.write(json.dumps({"case": case, "prompts": prompts, "new": new}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+# -- preparing the same weights for every engine --------------------------------------
+
+
+def prepare(shape: str, folder: Path) -> None:
+    """folder/run (gptcli), folder/hf (export-hf) and folder/ct2 (CTranslate2's converter)."""
+    import torch
+
+    from gptcli import checkpoint as ckpt
+    from gptcli import weights, workspace
+    from gptcli.config import ModelConfig, preset
+    from gptcli.model import GPT
+    from gptcli.tokenizer import BPETokenizer
+
+    run = folder / "run"
+    if shape == "tiny":  # the shipped, trained model
+        subprocess.run(["cp", "-r", str(workspace.SHIPPED), str(run)], check=True)
     else:
-        cfg = SampleConfig(strategy="greedy", max_new_tokens=new)
-        gens = None
-    steps = list(decode_steps(model, prompts, cfg, -1, gens))
-    return [[s[0][i] for s in steps] for i in range(len(prompts))]
+        run.mkdir(parents=True)
+        tok = BPETokenizer.load(workspace.SHIPPED / "tokenizer.json")
+        dims = preset(shape)["model"] if shape != "gpt2" else dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)
+        cfg = ModelConfig(vocab_size=tok.vocab_size, **{**dims, "dropout": 0.0})
+        torch.manual_seed(0)
+        ckpt.write_config(run, cfg, tok, training={})
+        ckpt.write_tokenizer(run, tok)
+        weights.save_weights(run / "model.safetensors", GPT(cfg))
+    subprocess.run([sys.executable, "-m", "gptcli", "export-hf", str(run), str(folder / "hf")], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["ct2-transformers-converter", "--model", str(folder / "hf"), "--output_dir", str(folder / "ct2")],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_hf(model, case, prompts, new):
-    ids = torch.tensor(prompts, device=model.device)
-    kw = dict(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, eos_token_id=None,
-              attention_mask=torch.ones_like(ids))
-    if case == "beam4":
-        out = model.generate(ids, num_beams=4, do_sample=False, early_stopping=False, **kw)
-    elif case == "topk":
-        out = model.generate(ids, do_sample=True, top_k=50, top_p=1.0, temperature=1.0, **kw)
-    else:
-        out = model.generate(ids, do_sample=False, **kw)
-    return out[:, ids.shape[1]:].tolist()
+def prompts_for(folder: Path, prompt_len: int) -> dict[str, list[list[int]]]:
+    """The prompts of every case, in token ids, from the held-out last 10% of tinyshakespeare."""
+    from gptcli.tokenizer import BPETokenizer
+
+    tok = BPETokenizer.load(folder / "run" / "tokenizer.json")
+    text = CORPUS.read_text(encoding="utf-8")
+    held_out = text[int(len(text) * 0.9):]
+    ids = tok.encode(held_out)
+    fixed = [ids[i * 97:i * 97 + prompt_len] for i in range(8)]
+    lines = [tok.encode(line) for line in held_out.splitlines() if len(line) > 20][:64]
+    return {"greedy": fixed[:1], "topk": fixed[:1], "beam4": fixed[:1], "batch8": fixed, "prompts64": lines}
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+def compare_shape(shape: str, args, out: list[dict]) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"gptcli-bench-{shape}-") as tmp:
+        folder = Path(tmp)
+        prepare(shape, folder)
+        prompts = prompts_for(folder, args.prompt_len)
+        workers = {e: Worker(e, folder, args.threads) for e in args.engines}
+        try:
+            for case in args.cases:
+                row = measure(case, prompts[case], workers, args)
+                row["shape"] = shape
+                out.append(row)
+                print_row(row, args.engines)
+            if args.quality and shape == "tiny":
+                print_quality(folder / "run")
+            if args.cli and shape == "tiny":
+                print_cli(folder / "run", prompts, args)
+        finally:
+            for w in workers.values():
+                w.close()
+
+
+def measure(case: str, prompts: list[list[int]], workers: dict[str, Worker], args) -> dict:
+    times = {e: [] for e in workers}
+    outputs = {e: w.run(case, prompts, 8) for e, w in workers.items()}  # warm up
+    for _ in range(args.repeats):
+        for engine, w in workers.items():
+            time.sleep(args.pause)  # let the other engine's threads stop spinning
+            result = w.run(case, prompts, args.new)
+            times[engine].append(result["seconds"])
+            outputs[engine] = result["outputs"]
+    produced = args.new * (1 if case == "beam4" else len(prompts))
+    row = {"case": case, "tok_s": {e: produced / statistics.median(t) for e, t in times.items()}}
+    if case != "topk":
+        ref = [outputs[e] for e in ("ctranslate2", "transformers") if e in outputs]
+        row["identical"] = {e: all(o == r for r in ref) for e, o in outputs.items()}
+    return row
+
+
+def print_row(row: dict, engines: list[str]) -> None:
+    tps = row["tok_s"]
+    cells = "  ".join(f"{e} {tps[e]:>7,.0f}" for e in engines)
+    ratios = "  ".join(f"{e}/{peer} {tps[e] / tps[peer]:.2f}x" for e in engines if e.startswith("gptcli")
+                       for peer in ("ctranslate2", "transformers") if peer in tps)
+    same = ""
+    if "identical" in row:
+        same = "  tokens equal: " + ", ".join(f"{e} {'yes' if v else 'no'}" for e, v in row["identical"].items()
+                                              if e.startswith("gptcli"))
+    print(f"{row['shape']:<7}{row['case']:<10} tok/s: {cells}  |  {ratios}{same}", flush=True)
+
+
+def print_quality(run: Path) -> None:
+    """Bits per byte of the held-out last 10% under float32 and int8 weights, scored
+    through the decoder's own step (teacher forcing), the path generation takes."""
+    import torch
+
+    from gptcli import checkpoint as ckpt
+    from gptcli.decoders import FastDecoder
+
+    model, tok, _ = ckpt.load_run(run)
+    text = CORPUS.read_text(encoding="utf-8")
+    held_out = text[int(len(text) * 0.9):]
+    ids, n_bytes = tok.encode(held_out), len(held_out.encode("utf-8"))
+    block = model.config.block_size
+    for weights in ("float32", "int8"):
+        decoder, nats = FastDecoder(model, weights), 0.0
+        with torch.inference_mode():
+            for start in range(0, len(ids) - 1, block):
+                window = ids[start:start + block + 1]
+                logits = decoder.prefill([window[:1]])
+                for t in range(1, len(window)):
+                    nats -= float(logits.float().log_softmax(-1)[0, window[t]])
+                    if t < len(window) - 1:
+                        logits = decoder.step(torch.tensor([window[t]]))
+        print(f"quality  {weights:<8} {nats / math.log(2) / n_bytes:.4f} bits/byte on the held-out 10% "
+              f"({len(ids):,} tokens, windows of {block}, scored through FastDecoder.step)", flush=True)
+
+
+def print_cli(run: Path, prompts: dict, args) -> None:
+    """What a user sees: `gptcli generate --json`'s tokens_per_second, median of --repeats."""
+    from gptcli.tokenizer import BPETokenizer
+
+    text = BPETokenizer.load(run / "tokenizer.json").decode(prompts["greedy"][0])
+    for dtype in ("float32", "int8"):
+        for flags in (["--greedy"], ["--beams", "4"]):
+            rates = []
+            for _ in range(args.repeats):
+                time.sleep(args.pause)
+                done = subprocess.run([sys.executable, "-m", "gptcli", "generate", "-c", str(run), "-p", text,
+                                       "-n", str(args.new), "--dtype", dtype, "--json", *flags],
+                                      capture_output=True, text=True, check=True)
+                rates.append(json.loads(done.stdout)["tokens_per_second"])
+            print(f"cli      gptcli generate {' '.join(flags)} --dtype {dtype}: tokens_per_second "
+                  f"{statistics.median(rates):,.0f} (median of {len(rates)}; min {min(rates):,.0f}, "
+                  f"max {max(rates):,.0f})", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     ap.add_argument("--new", type=int, default=128, help="new tokens per output")
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (float32 on both sides)")
+    ap.add_argument("--threads", type=int, default=2, help="threads per engine")
+    ap.add_argument("--pause", type=float, default=0.3, help="seconds between runs")
+    ap.add_argument("--quality", action="store_true", help="int8 against float32 in bits per byte (tiny)")
+    ap.add_argument("--cli", action="store_true", help="time `gptcli generate` too (tiny)")
+    ap.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
+    ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.folder, args.threads)
+    import ctranslate2
+    import torch
     import transformers
 
-    device = torch.device(args.device)
-    cfg = SHAPES[args.shape]
-    ours, hf = build(cfg, device)
-    g = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, cfg.vocab_size, (8, args.prompt_len), generator=g).tolist()
-    cases = {"greedy": prompt[:1], "topk": prompt[:1], "beam4": prompt[:1], "greedy_b8": prompt}
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, threads {torch.get_num_threads()}"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.shape} shape, {where}")
-    print(f"{'case':<10} {'gptcli tok/s':>13} {'HF tok/s':>10} {'ratio':>7}  tokens identical")
-    with torch.inference_mode():
-        for case, prompts in cases.items():
-            run_ours(ours, case, prompts, 8), run_hf(hf, case, prompts, 8)  # warm up
-            t_ours, t_hf = [], []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                a = run_ours(ours, case, prompts, args.new)
-                t_ours.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                b = run_hf(hf, case, prompts, args.new)
-                t_hf.append(time.perf_counter() - t)
-            n_out = len(a) if case != "beam4" else 1
-            ours_tps = n_out * args.new / statistics.median(t_ours)
-            hf_tps = n_out * args.new / statistics.median(t_hf)
-            same = "n/a (sampled)" if case == "topk" else str(a == b)
-            print(f"{case:<10} {ours_tps:>13,.0f} {hf_tps:>10,.0f} {ours_tps / hf_tps:>6.2f}x  {same}", flush=True)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 {ctranslate2.__version__}, "
+          f"{args.threads} threads per engine, {args.new} new tokens, medians of {args.repeats}", flush=True)
+    rows: list[dict] = []
+    for shape in args.shapes:
+        compare_shape(shape, args, rows)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -67,12 +67,13 @@ def check_training(cfg: ModelConfig, batch_size: int) -> None:
 
 
 def check_generation(cfg: ModelConfig, rows: int, new_tokens: int, beams: int = 1) -> None:
-    """The model, a KV cache for `rows` rows (twice over for beam search's reorder), the
-    logits a step processes, and beam search's (beams, new_tokens) bookkeeping."""
-    cache = 2 * cfg.n_layer * rows * cfg.block_size * cfg.n_embd * FLOAT * (2 if beams > 1 else 1)
+    """The model and the decoder's prepared copy of its matrices (packed or int8: at most
+    as large), a KV cache for `rows` rows, the logits a step processes, and beam
+    search's (beams, new_tokens) bookkeeping."""
+    cache = 2 * cfg.n_layer * rows * cfg.block_size * cfg.n_embd * FLOAT
     logits = rows * cfg.vocab_size * FLOAT * 8
     bookkeeping = 7 * beams * new_tokens * 8 if beams > 1 else 0
-    require(param_count(cfg) * FLOAT + cache + logits + bookkeeping,
+    require(2 * param_count(cfg) * FLOAT + cache + logits + bookkeeping,
             f"generating {rows} row{'s' if rows != 1 else ''} of up to {new_tokens:,} tokens")
 
 

@@ -167,7 +167,8 @@ def generate(
     for stop in sample.stop:
         check_text(stop, "--stop")
     req = command.GenerateRequest(checkpoint=checkpoint, prompts=texts, sample=sample, batch_size=options.batch_size,
-                                  stream=not no_stream, json_lines=json_out, device=options.device)
+                                  stream=not no_stream, json_lines=json_out, device=options.device,
+                                  dtype=options.dtype)
     with writing_stdout():
         command.run(req, sys.stdout, _console())
 

@@ -16,16 +16,17 @@ from gptcli.config import ModelConfig
 class KVCache:
     """Preallocated keys and values for every layer, plus which positions hold real tokens.
 
-    Shape (n_layer, B, n_head, max_len, head_dim). `pos` counts the positions already
-    stored; the model writes layer by layer, then calls `advance` once per forward.
-    Left-padded batches mark their padding in `valid` so attention skips it."""
+    One buffer `kv` of shape (2, n_layer, B, n_head, max_len, head_dim): keys at [0],
+    values at [1], so that a decoding step stores both in one copy and beam search moves
+    a row's whole history in one gather. `pos` counts the positions already stored; the
+    model writes layer by layer, then calls `advance` once per forward. Left-padded
+    batches mark their padding in `valid` so attention skips it."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, *, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.max_len = max_len or cfg.block_size
-        shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
-        self._use(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
-        self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's second buffer
+        self.kv = torch.zeros((2, cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim),
+                              device=device, dtype=dtype)
         self.valid = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)  # (B, max_len)
         self.padded = False  # whether any stored position is padding
         self.pos = 0
@@ -35,29 +36,26 @@ class KVCache:
         self.valid[:, self.pos:self.pos + valid.size(1)] = valid
         self.padded = self.padded or not bool(valid.all())
 
-    def _use(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Make k, v the buffers, with their per-layer views for `append`."""
-        self.k, self.v = k, v
-        self._layers = list(zip(k.unbind(0), v.unbind(0)))
-
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's (B, n_head, T, head_dim) keys/values; return all so far."""
         end = self.pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self.kv[0, layer], self.kv[1, layer]
+        keys[:, :, self.pos:end] = k
+        values[:, :, self.pos:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`store` for one new position: k, v (B, n_head, head_dim). The fast decoder's
-        path: a copy and a narrow per tensor instead of Python slicing."""
+    def append(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`store` for one new position, the fast decoder's path: kv (B, 2, n_head,
+        head_dim) holds its keys and values side by side, as the fused q/k/v product
+        leaves them; one copy stores both."""
         if self.pos >= self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos + 1} were asked for")
-        keys, values = self._layers[layer]
-        keys.select(2, self.pos).copy_(k)
-        values.select(2, self.pos).copy_(v)
-        return keys.narrow(2, 0, self.pos + 1), values.narrow(2, 0, self.pos + 1)
+        layer_kv = self.kv.select(1, layer)  # (2, B, n_head, max_len, head_dim)
+        layer_kv.select(3, self.pos).copy_(kv.transpose(0, 1))
+        upto = layer_kv.narrow(3, 0, self.pos + 1)
+        return upto[0], upto[1]
 
     def step_mask(self) -> torch.Tensor | None:
         """The attention mask for one new query: (B, 1, 1, S) where padding was stored, else None."""
@@ -68,26 +66,32 @@ class KVCache:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
-        if rows.numel() != self.k.size(1):  # the batch changes size: new buffers
-            self._use(self.k.index_select(1, rows), self.v.index_select(1, rows))
-            self._spare = None
+        if rows.numel() != self.kv.size(2):  # the batch changes size: new buffers
+            self.kv = self.kv.index_select(2, rows)
         else:
-            order = rows.tolist()
-            if order == list(range(len(order))):  # every row kept its own history
-                return
-            # Copy each kept row's filled positions into a spare buffer, then swap: one pass
-            # over the live part of the cache, faster than a gather and a copy back in place
-            # (docs/benchmarks.md). The spare doubles the cache's memory while beams run.
-            if self._spare is None:
-                self._spare = torch.empty_like(self.k), torch.empty_like(self.v)
-            for old, new in zip((self.k, self.v), self._spare):
-                src, dst = old.narrow(3, 0, self.pos), new.narrow(3, 0, self.pos)
-                for i, j in enumerate(order):
-                    dst.select(1, i).copy_(src.select(1, j))
-            spare = self._spare
-            self._spare = self.k, self.v
-            self._use(*spare)
-        self.valid = self.valid.index_select(0, rows)
+            self._move_rows(rows.tolist())
+        if self.padded or rows.numel() != self.valid.size(0):
+            self.valid = self.valid.index_select(0, rows)
+
+    def _move_rows(self, order: list[int]) -> None:
+        """Row i takes row order[i]'s history, in place, copying only the rows that change
+        and only their filled positions: a row is overwritten once no other row still
+        needs to read it, and a cycle parks one row in a temporary. Beam steps mostly
+        copy a good beam over a dropped one, so this moves far fewer bytes than a
+        gather of every row (docs/benchmarks.md, "Generation kernels")."""
+        live = self.kv.narrow(4, 0, self.pos)  # (2, n_layer, B, n_head, pos, head_dim)
+        pending: dict[int, int | torch.Tensor] = {i: j for i, j in enumerate(order) if i != j}  # dst -> src
+        while pending:
+            still_read = {j for j in pending.values() if isinstance(j, int)}
+            free = [i for i in pending if i not in still_read]
+            if not free:  # a cycle: keep one row's history aside, and let its readers read that
+                parked = next(iter(pending))
+                copy = live.select(2, parked).clone()
+                pending = {i: copy if j == parked else j for i, j in pending.items()}
+                continue
+            for i in free:
+                j = pending.pop(i)
+                live.select(2, i).copy_(j if isinstance(j, torch.Tensor) else live.select(2, j))
 
     def attention_mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
         """(mask, is_causal) for T new queries after the stored positions."""

@@ -4,7 +4,7 @@ final LayerNorm, and an lm_head tied to the token embedding.
 
 `forward` takes an optional KVCache, an object the caller owns and hands in (generation
 prefills it once, then feeds new tokens). The one-token fast path of generation is
-decoding.FastDecoder, pinned equal to this forward by the tests. Knows nothing of
+decoders.FastDecoder, pinned equal to this forward by the tests. Knows nothing of
 tokenizers or files.
 """
 

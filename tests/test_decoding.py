@@ -8,12 +8,13 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptcli import decoding
 from gptcli.commands.generate import sample_config
 from gptcli.config import ModelConfig, SampleConfig, flag
+from gptcli.decoders import FastDecoder, Matmul, packs_for_cpu, prepare
 from gptcli.decoding import (
-    FastDecoder,
     apply_repetition_penalty,
     beam_search,
     decode_steps,
@@ -106,15 +107,16 @@ def test_contradictory_or_bad_flags_are_errors(flags, message):
 # -- the fast decoder --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
-def test_fast_decoder_equals_forward_bitwise_and_full_recompute(pos_encoding):
-    """Bitwise the cached forward(), close to full recompute, up to the last position of
-    the context, and refused past it."""
+@pytest.mark.parametrize("pos_encoding, rows", [("learned", 3), ("sinusoidal", 3), ("learned", 1)])
+def test_fast_decoder_equals_forward_and_full_recompute(pos_encoding, rows):
+    """Within float32 rounding of the cached forward() and of full recompute, up to the
+    last position of the context, and refused past it: one row takes the split
+    products, several the packed ones."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=32,
                             pos_encoding=pos_encoding)).eval()
-    idx = torch.randint(0, 300, (3, 64))
-    decoder, slow = FastDecoder(model), KVCache(model.config, batch_size=3)
+    idx = torch.randint(0, 300, (rows, 64))
+    decoder, slow = FastDecoder(model), KVCache(model.config, batch_size=rows)
     with torch.no_grad():
         full, _ = model(idx)
         decoder.prefill(idx[:, :10].tolist())
@@ -122,7 +124,7 @@ def test_fast_decoder_equals_forward_bitwise_and_full_recompute(pos_encoding):
         for t in range(10, 64):
             got = decoder.step(idx[:, t])
             want, _ = model(idx[:, t:t + 1], kv_cache=slow)
-            assert torch.equal(got, want[:, 0])
+            torch.testing.assert_close(got, want[:, 0], rtol=0, atol=1e-5)
             torch.testing.assert_close(got, full[:, t], rtol=0, atol=1e-5)
         assert decoder.full
         with pytest.raises(ValueError, match="block_size"):
@@ -160,6 +162,124 @@ def test_fast_decoder_reorder_follows_rows():
             got = decoder.step(nxt)
             want, _ = model(history)
             torch.testing.assert_close(got, want[:, -1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("form, rows", [("linear", 1), ("linear", 3), ("split", 1), ("packed", 1), ("packed", 2),
+                                        ("packed", 5)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_every_float32_matmul_form_equals_f_linear(form, rows, threads):
+    """Whatever the thread count (it sets split's slices; 3 does not divide 96, so it
+    falls back to fewer), with and without bias, with the fused GELU."""
+    if form == "packed" and not packs_for_cpu():
+        pytest.skip("this torch has no oneDNN packing")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(threads)
+        w, b = torch.randn(96, 40) * 0.1, torch.randn(96) * 0.1
+        x = torch.randn(rows, 40)
+        for bias in (b, None):
+            for gelu in (False, True):
+                want = F.linear(x, w, bias)
+                want = F.gelu(want, approximate="tanh") if gelu else want
+                got = Matmul(w, bias, form, rows, gelu)(x)
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+                acc = torch.randn(rows, 96)
+                Matmul(w, bias, form, rows).add_to(updated := acc.clone(), x)
+                torch.testing.assert_close(updated, acc + F.linear(x, w, bias), rtol=0, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_int8_matmul_is_within_its_quantization_error():
+    """Each row's error is bounded by what rounding weights to 1/127 of the row's
+    largest entry (and activations to bf16) allows; the residual form adds in place."""
+    torch.manual_seed(0)
+    w, b, x = torch.randn(64, 256) * 0.02, torch.randn(64) * 0.02, torch.randn(3, 256)
+    exact = F.linear(x, w, b)
+    mm = Matmul(w, b, "int8", 3)
+    assert mm.weight.dtype == torch.int8 and mm.weight.abs().max() == 127
+    got = mm(x)
+    assert got.dtype == torch.float32
+    bound = (w.abs().amax(dim=1) / 127 / 2 * x.abs().sum(dim=1, keepdim=True) + exact.abs() * 2 ** -7) * 1.5
+    assert ((got - exact).abs() <= bound + 1e-6).all()
+    assert (got - exact).abs().max() > 0  # it is int8: not the exact product
+    acc = torch.randn(3, 64)
+    mm.add_to(updated := acc.clone(), x)
+    torch.testing.assert_close(updated, acc + got, rtol=0, atol=1e-5)
+    hidden = Matmul(w, b, "int8", 3, gelu=True, feeds_product=True)(x)  # the MLP's hidden layer stays bf16
+    assert hidden.dtype == torch.bfloat16
+    torch.testing.assert_close(hidden.float(), F.gelu(exact, approximate="tanh"), rtol=0.02, atol=0.02)
+
+
+def test_int8_decoder_scores_the_shipped_model_within_0_01_bits_per_byte():
+    """The int8 weights' cost in quality, on 1,200 held-out tokens of the shipped model's
+    text, scored through the decoder's step as generation uses it (the full held-out
+    10% is in docs/benchmarks.md)."""
+    import math
+
+    from gptcli import checkpoint as ckpt
+    from gptcli import workspace
+
+    model, tok, _ = ckpt.load_run(workspace.SHIPPED)
+    text = (workspace.SHIPPED.parent / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    held_out = text[int(len(text) * 0.9):][:4000]
+    ids = tok.encode(held_out)[:1201]
+    n_bytes = len(tok.decode(ids).encode("utf-8"))
+    bpb = {}
+    with torch.inference_mode():
+        for weights in ("float32", "int8"):
+            decoder, nats = FastDecoder(model, weights), 0.0
+            for start in range(0, len(ids) - 1, 200):
+                window = ids[start:start + 201]
+                logits = decoder.prefill([window[:1]])
+                for t in range(1, len(window)):
+                    nats -= float(logits.log_softmax(-1)[0, window[t]])
+                    if t < len(window) - 1:
+                        logits = decoder.step(torch.tensor([window[t]]))
+            bpb[weights] = nats / math.log(2) / n_bytes
+    assert 1.5 < bpb["float32"] < 3.0
+    assert abs(bpb["int8"] - bpb["float32"]) <= 0.01, bpb
+
+
+def test_prepared_matmuls_are_shared_and_follow_in_place_weight_changes():
+    model = tiny()
+    prepare(model, "float32", 2)
+    first = FastDecoder(model)._matmuls(2)
+    assert FastDecoder(model)._matmuls(2) is first  # a second decoder reuses them
+    with torch.no_grad():
+        model.h[0].mlp.c_fc.weight.mul_(2.0)  # a change in place (as load_state_dict makes)
+        decoder, slow = FastDecoder(model), KVCache(model.config, batch_size=2)
+        decoder.prefill([[1, 2, 3], [4, 5, 6]])
+        model(torch.tensor([[1, 2, 3], [4, 5, 6]]), kv_cache=slow)
+        got = decoder.step(torch.tensor([7, 8]))
+        want, _ = model(torch.tensor([[7], [8]]), kv_cache=slow)
+    assert decoder._step_matmuls is not first
+    torch.testing.assert_close(got, want[:, 0], rtol=0, atol=1e-5)
+
+
+def test_int8_is_refused_off_the_cpu_and_unknown_weights_anywhere():
+    model = tiny()
+    with pytest.raises(ValueError, match="weights must be one of"):
+        FastDecoder(model, "bf16")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CPU only"):
+            FastDecoder(model.cuda(), "int8")
+
+
+def test_cache_reorder_in_place_equals_a_gather_for_every_order():
+    """Every order of 4 rows (duplicates, swaps, cycles, identity): the filled positions
+    equal index_select's result, and positions past them are never touched."""
+    cfg = ModelConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=8)
+    for order in itertools.product(range(4), repeat=4):
+        cache = KVCache(cfg, batch_size=4)
+        cache.kv.copy_(torch.randn_like(cache.kv))
+        cache.advance(5)
+        before = cache.kv.clone()
+        cache.reorder(torch.tensor(order))
+        torch.testing.assert_close(cache.kv[..., :5, :], before[..., :5, :].index_select(2, torch.tensor(order)),
+                                   rtol=0, atol=0)
+        assert torch.equal(cache.kv[..., 5:, :], before[..., 5:, :])
 
 
 def test_fast_decoder_refuses_training_mode_and_replaced_parameters():

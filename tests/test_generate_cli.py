@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers import TINY_FLAGS, assert_clean_error, cli, run_gptcli
 
@@ -159,6 +160,8 @@ BAD_GENERATE = [
     (["-c", "run", "--prompts", "bad.jsonl"], "line 2"),
     (["-c", "corrupt"], "not a valid safetensors"),
     (["--prompt", "x", "--prompts", "bad.jsonl"], "exclusive"),
+    (["--dtype", "bf16"], "--dtype must be float32 or int8"),
+    (["--dtype", "int8", "--device", "cuda"], "CUDA" if not torch.cuda.is_available() else "CPU only"),
 ]
 
 
@@ -176,6 +179,38 @@ def test_bad_generate_input(cjk_run, monkeypatch, capsys, args, message):
         args = ["-p", "春", *args]
     code, out, err = cli(monkeypatch, capsys, "generate", *args)
     assert_clean_error(code, out, err, match=message)
+
+
+def test_int8_weights_generate_through_every_strategy(cjk_run, monkeypatch, capsys):
+    """--dtype int8: greedy, sampled, beams and batches run and report their speed; the
+    greedy text is the model's (equal to float32's here, where no two logits are close)."""
+    ws = cjk_run.parent
+    (ws / "p.txt").write_text("春\n夜来\n花落\n", encoding="utf-8")
+    texts = {}
+    for dtype in ("float32", "int8"):
+        code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-p", "春眠", "-n", "30", "--greedy",
+                             "--json", "--dtype", dtype)
+        assert code == 0, err
+        texts[dtype] = json.loads(out)["text"]
+    assert texts["int8"] == texts["float32"]
+    for args in (["-p", "春", "--seed", "3", "--top-k", "5"], ["-p", "春", "--beams", "3", "--num-return", "2"],
+                 ["--prompts", "p.txt", "--greedy", "--batch-size", "2"]):
+        code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-n", "12", "--json", "--dtype", "int8",
+                             *args)
+        assert code == 0, err
+        records = [json.loads(line) for line in out.splitlines()]
+        assert records and all(r["tokens_per_second"] > 0 and r["token_ids"] for r in records)
+
+
+def test_int8_is_refused_for_a_recurrent_run(isolated, monkeypatch, capsys):
+    corpus = isolated / "c.txt"
+    corpus.write_text(CJK * 50, encoding="utf-8")
+    code, _, err = cli(monkeypatch, capsys, "train", str(corpus), "--arch", "lstm", "--n-layer", "1", "--n-embd", "16",
+                       "--block-size", "16", "--batch-size", "2", "--eval-iters", "1", "--vocab-size", "300",
+                       "--max-steps", "2", "--out", "lstm")
+    assert code == 0, err
+    code, out, err = cli(monkeypatch, capsys, "generate", "-c", "lstm", "-p", "春", "--dtype", "int8")
+    assert_clean_error(code, out, err, match="applies to GPT models")
 
 
 def test_no_model_anywhere_is_a_clear_error(monkeypatch, capsys, tmp_path):

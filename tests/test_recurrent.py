@@ -11,7 +11,8 @@ import torch
 from gptcli.architectures import build, param_count
 from gptcli.commands.train_plan import matched_shape, settings_for
 from gptcli.config import PRESETS, ModelConfig, SampleConfig
-from gptcli.decoding import RecurrentDecoder, beam_search, decode_steps
+from gptcli.decoders import RecurrentDecoder
+from gptcli.decoding import beam_search, decode_steps
 
 from helpers import TINY_FLAGS, assert_clean_error, cli
 

@@ -22,12 +22,13 @@ import torch
 
 from gptcli import checkpoint as ckpt
 from gptcli.budget import check_generation
-from gptcli.config import SampleConfig
+from gptcli.config import ModelConfig, SampleConfig
 from gptcli.console import Console
+from gptcli.decoders import prepare
 from gptcli.decoding import beam_search, decode_steps
 from gptcli.device import pick_device
 from gptcli.errors import Setting as S
-from gptcli.errors import SettingError
+from gptcli.errors import SettingError, UsageError
 from gptcli.tokenizer import BPETokenizer, StreamDecoder
 
 
@@ -168,6 +169,7 @@ class GenerateRequest:
     stream: bool = True  # write text as it is produced (single output only)
     json_lines: bool = False
     device: str = "auto"
+    dtype: str = "float32"  # the weights while decoding: float32 or int8 (decoders.WEIGHTS)
     keep: bool = False  # keep every output in the result (the sink has them anyway; memory grows with the count)
 
 
@@ -203,7 +205,11 @@ def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
     beams = req.sample.num_beams if req.sample.strategy == "beam" else 1
     rows = beams if beams > 1 else min(req.batch_size, len(req.prompts) * req.sample.num_samples)
     check_generation(cfg, rows, req.sample.max_new_tokens, beams)
-    model, tok, _ = ckpt.load_run(run_dir, pick_device(req.device))
+    device = pick_device(req.device)
+    if req.dtype == "int8":
+        check_int8(cfg, device)
+    model, tok, _ = ckpt.load_run(run_dir, device)
+    prepare(model, req.dtype, rows)
     block = model.config.block_size
     encoded = []
     for i, text in enumerate(req.prompts):
@@ -220,6 +226,14 @@ def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
     return result
 
 
+def check_int8(cfg: ModelConfig, device: torch.device) -> None:
+    if device.type != "cpu":
+        raise UsageError(f"--dtype int8 runs on the CPU only, and this run would use {device.type}: "
+                         "add --device cpu, or use --dtype float32")
+    if cfg.recurrent:
+        raise UsageError(f"--dtype int8 applies to GPT models; this run is a {cfg.arch.upper()} (use --dtype float32)")
+
+
 def _is_single(req: GenerateRequest) -> bool:
     cfg = req.sample
     return len(req.prompts) * (cfg.num_return if cfg.strategy == "beam" else cfg.num_samples) == 1
@@ -230,7 +244,7 @@ def _beam_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: Gener
     """Beam search, one prompt at a time; results print when each search ends."""
     for i, ids in enumerate(encoded):
         t0 = time.perf_counter()
-        hyps = beam_search(model, ids, req.sample, tok.eot_id)
+        hyps = beam_search(model, ids, req.sample, tok.eot_id, req.dtype)
         rate = sum(len(h.tokens) for h in hyps) / max(time.perf_counter() - t0, 1e-9)
         for rank, h in enumerate(hyps):
             o = _new_output(i, req.prompts[i], rank, tok, req.sample)
@@ -255,7 +269,7 @@ def _sampled_outputs(model, tok: BPETokenizer, encoded: list[list[int]], req: Ge
         outs = [_new_output(i, req.prompts[i], j, tok, cfg) for i, j in batch]
         gens = [torch.Generator(device=device).manual_seed(sample_seed(cfg.seed, req.prompts[i], j)) for i, j in batch]
         t0, produced = time.perf_counter(), 0
-        steps = decode_steps(model, [encoded[i] for i, _ in batch], cfg, tok.eot_id, gens)
+        steps = decode_steps(model, [encoded[i] for i, _ in batch], cfg, tok.eot_id, gens, req.dtype)
         for ids, lps in steps:
             for o, t, lp in zip(outs, ids, lps):
                 if o.finish_reason is None:
