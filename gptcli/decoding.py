@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gptcli.architectures import LanguageModel
@@ -44,16 +45,25 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches p."""
+    """Keep the smallest set of most likely tokens whose probability reaches p: every
+    token at least as likely as the last one that set needs (tokens exactly as likely
+    as it all stay). Only the probabilities are sorted, not their indices."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    drop_sorted = mass_before >= p
-    drop_sorted[..., 0] = False  # the most likely token always stays
-    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    desc = _sorted_descending(probs)
+    mass_before = desc.cumsum(dim=-1) - desc  # grows along the row
+    last = ((mass_before < p).sum(dim=-1, keepdim=True) - 1).clamp(min=0)  # the most likely token always stays
+    return logits.masked_fill(probs < desc.gather(-1, last), float("-inf"))
+
+
+def _sorted_descending(x: torch.Tensor) -> torch.Tensor:
+    """The values of each row, largest first. On the CPU numpy's vectorized sort takes a
+    few microseconds where torch.sort takes over a hundred on a model's real
+    probabilities (docs/benchmarks.md, "Generation kernels")."""
+    if x.device.type != "cpu":
+        return x.sort(dim=-1, descending=True).values
+    return torch.from_numpy(np.ascontiguousarray(np.sort(x.numpy(), axis=-1)[..., ::-1]))
 
 
 def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor | None) -> torch.Tensor:
@@ -62,7 +72,7 @@ def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor |
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
     if cfg.strategy == "sample":  # shifted first, so a tiny temperature cannot overflow to inf
-        logits = (logits - logits.max(dim=-1, keepdim=True).values) / cfg.temperature
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature
         if cfg.top_k is not None:
             logits = top_k_filter(logits, cfg.top_k)
         if cfg.top_p is not None:

@@ -52,6 +52,22 @@ def test_top_k_keeps_exactly_k():
     assert torch.isfinite(kept[0, [1, 2, 3]]).all()
 
 
+@pytest.mark.parametrize("scale", [0.1, 1.0, 4.0, 30.0])  # flat to peaked: sets of thousands down to one
+def test_top_p_equals_a_full_sort_of_the_vocabulary(scale):
+    def by_full_sort(logits, p):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= p
+        drop_sorted[..., 0] = False
+        return logits.masked_fill(torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted), float("-inf"))
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4096) * scale
+    for p in (0.05, 0.5, 0.9, 0.95, 0.999):
+        kept = torch.isfinite(top_p_filter(logits, p))
+        assert torch.equal(kept, torch.isfinite(by_full_sort(logits, p))), (scale, p)
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logits = probs.log()
@@ -59,6 +75,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert torch.isfinite(top_p_filter(logits, 0.79)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(top_p_filter(logits, 0.81)).tolist() == [[True, True, True, False]]
     assert torch.isfinite(top_p_filter(logits, 1.0)).all()
+    tied = torch.tensor([[2.0, 1.0, 1.0, 0.0]])  # the set needs one of the tied tokens: both stay
+    assert torch.isfinite(top_p_filter(tied, 0.6)).tolist() == [[True, True, True, False]]
 
 
 def test_temperature_zero_is_argmax():
