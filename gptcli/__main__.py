@@ -1,3 +1,3 @@
-from gptcli.cli import main
+from gptcli.cli import process_main
 
-main()
+process_main()

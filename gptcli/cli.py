@@ -386,4 +386,13 @@ def tokenizer_decode(tokenizer: TokenizerPath = None) -> None:
 
 
 def main() -> None:
+    """The CLI; ends by raising SystemExit with the exit code (callers in this process may catch it)."""
     entry.run(app)
+
+
+def process_main() -> None:
+    """The `gptcli` program: main(), then the process ends at once (entry.end_process)."""
+    try:
+        main()
+    except SystemExit as e:
+        entry.end_process(e.code)
