@@ -13,9 +13,11 @@ End-of-text is disabled everywhere, so every run makes exactly --new tokens per 
 Each engine runs in its own worker process (two OpenMP runtimes in one process slow each
 other down: CTranslate2's threads spin after each call), the workers take turns with a
 pause between, and each figure is the median over --repeats runs. Greedy and beam tokens
-are compared with CTranslate2's and transformers' (gptcli in float32 must equal both;
-int8 weights are scored separately, by --quality). --cli also times what a user runs,
-`gptcli generate --json`, and reports its tokens_per_second.
+are compared with CTranslate2's and transformers' in float32: gptcli in float32 must equal
+both; int8 weights (gptcli's, and CTranslate2's as a second yardstick) change some
+tokens, so --quality scores gptcli's int8 against its float32 in bits per byte instead.
+--cli also times what a user runs, `gptcli generate --json`, and reports its
+tokens_per_second.
 
     pip install -e ".[dev]" && python benchmarks/generate.py            # every shape
     python benchmarks/generate.py --shapes tiny --repeats 7 --cli --quality
@@ -33,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("gptcli", "gptcli-int8", "ctranslate2", "transformers")
+ENGINES = ("gptcli", "gptcli-int8", "ctranslate2", "ctranslate2-int8", "transformers")
 CASES = ("greedy", "topk", "beam4", "batch8", "prompts64")
 SHAPES = ("tiny", "small", "medium", "gpt2")
 CORPUS = Path(__file__).resolve().parents[1] / "gptcli" / "assets" / "tinyshakespeare.txt"
@@ -68,10 +70,12 @@ def load_engine(engine: str, folder: Path, threads: int):
                 steps = list(decode_steps(model, prompts, cfg, -1, gens, weights))
                 return [[s[0][i] for s in steps] for i in range(len(prompts))]
         return run
-    if engine == "ctranslate2":
+    if engine.startswith("ctranslate2"):
         import ctranslate2
 
-        gen = ctranslate2.Generator(str(folder / "ct2"), device="cpu", intra_threads=threads, inter_threads=1)
+        compute = "int8" if engine.endswith("int8") else "float32"
+        gen = ctranslate2.Generator(str(folder / "ct2"), device="cpu", intra_threads=threads, inter_threads=1,
+                                    compute_type=compute)
         vocab = json.loads((folder / "ct2" / "vocabulary.json").read_text())
 
         def run(case, prompts, new):
@@ -221,8 +225,9 @@ def measure(case: str, prompts: list[list[int]], workers: dict[str, Worker], arg
 def print_row(row: dict, engines: list[str]) -> None:
     tps = row["tok_s"]
     cells = "  ".join(f"{e} {tps[e]:>7,.0f}" for e in engines)
-    ratios = "  ".join(f"{e}/{peer} {tps[e] / tps[peer]:.2f}x" for e in engines if e.startswith("gptcli")
-                       for peer in ("ctranslate2", "transformers") if peer in tps)
+    pairs = [("gptcli", "ctranslate2"), ("gptcli", "transformers"), ("gptcli-int8", "ctranslate2"),
+             ("gptcli-int8", "ctranslate2-int8")]
+    ratios = "  ".join(f"{a}/{b} {tps[a] / tps[b]:.2f}x" for a, b in pairs if a in tps and b in tps)
     same = ""
     if "identical" in row:
         same = "  tokens equal: " + ", ".join(f"{e} {'yes' if v else 'no'}" for e, v in row["identical"].items()
