@@ -18,7 +18,7 @@ import torch
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.device import pick_precision
 from gptcli.model import GPT
-from gptcli.trainer import make_optimizer
+from gptcli.optimizers import make_optimizer
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ from gptcli.data import BatchSampler, spread_windows
 from gptcli.device import pick_precision
 from gptcli.hf_weights import to_hf_state_dict
 from gptcli.model import GPT
+from gptcli.optimizers import make_optimizer, param_groups
 from gptcli.tokenizer import BPETokenizer
-from gptcli.trainer import make_optimizer, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def build(cfg: ModelConfig, dtype: str, seed: int = 0):
     hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=False)
     # gptcli's optimizer exactly as `gptcli train` builds it; HF's as a user of it would (torch's default form)
     opt_ours = make_optimizer(ours, TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1), torch.device("cpu"))
-    opt_hf = torch.optim.AdamW(param_groups(hf, 0.1), lr=1e-3, betas=(0.9, 0.95))
+    opt_hf = torch.optim.AdamW(param_groups(hf, 0.1)["adamw"], lr=1e-3, betas=(0.9, 0.95))
     precision = pick_precision(dtype, torch.device("cpu"))
 
     def step_ours(x, y):

@@ -81,7 +81,11 @@ class TrainConfig:
     min_lr: float | None = setting(None, "Final learning rate of the cosine decay.", low=0.0, high=10.0,
                                    default_text="lr/10")
     warmup_steps: int = setting(100, "Linear warmup steps (at most a tenth of the schedule).", low=0, high=10**9)
-    weight_decay: float = setting(0.1, "AdamW weight decay, on matrices only.", low=0.0, high=100.0)
+    schedule: str = setting("cosine", "After warmup: cosine decay to the floor, or wsd (stable, then a linear decay "
+                            "over the last fifth of the run).", choices=("cosine", "wsd"))
+    optimizer: str = setting("adamw", "adamw, or muon: Muon for the hidden matrices, AdamW for embeddings, "
+                             "biases and norms.", choices=("adamw", "muon"))
+    weight_decay: float = setting(0.1, "Weight decay, on matrices only.", low=0.0, high=100.0)
     beta1: float = setting(0.9, "AdamW beta1.", low=0.0, high=1.0, open_high=True, flag="")
     beta2: float = setting(0.95, "AdamW beta2.", low=0.0, high=1.0, open_high=True, flag="")
     grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 disables.", low=0.0, high=1e6)

@@ -203,8 +203,3 @@ def all_max(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     tdist.all_reduce(values, op=tdist.ReduceOp.MAX)
     return values
-
-
-def agree_max(value: int) -> int:
-    """The largest of every rank's `value`: what all ranks then act on together."""
-    return int(all_max(torch.tensor([value], dtype=torch.long))[0])

@@ -1,6 +1,6 @@
-"""The training loop: AdamW (decay on matrices only), linear warmup then cosine decay,
-gradient clipping and accumulation, periodic evaluation with bits per byte, best-model
-tracking, early stopping, and a clean stop on request.
+"""The training loop: the optimizer and schedule of optimizers.py, gradient clipping and
+accumulation, periodic evaluation with bits per byte, best-model tracking, early
+stopping, a time budget kept, and a clean stop on request.
 
 Knows nothing of files or terminals: it reports through hooks (on_step, on_log,
 on_eval, on_checkpoint) and leaves saving and printing to the caller.
@@ -23,9 +23,8 @@ from gptcli.data import BatchSampler, Split, spread_windows
 from gptcli.device import Precision, rng_state, set_rng_state
 from gptcli.distributed import Dist
 from gptcli.errors import RunError, UsageError, first_line
+from gptcli.optimizers import lr_at, make_optimizer
 from gptcli.scoring import score_tokens, score_windows
-
-TIME_PROBE_STEPS = 10  # steps timed to turn --max-time into a schedule length
 
 
 @dataclass
@@ -35,7 +34,7 @@ class TrainState:
     step: int = 0  # optimizer steps done
     tokens_seen: int = 0
     elapsed: float = 0.0  # seconds of training so far, across resumes
-    total_steps: int | None = None  # length of the LR schedule; None until known
+    total_steps: int | None = None  # the step limit (--max-steps, --epochs); None for a time budget alone
     best_val_loss: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
@@ -54,33 +53,6 @@ class Hooks:
 
     def on_checkpoint(self, trainer: "Trainer", is_best: bool, state: dict) -> None:
         """`state` is what resume needs: trainer_state.json (every rank's sampler and RNG)."""
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (linear and embedding weights); never biases or LayerNorm gains."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW as one fused kernel per step on CUDA and CPU (several times faster than the
-    default multi-tensor form on CPU: docs/benchmarks.md), the multi-tensor form elsewhere."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=True if device.type in ("cuda", "cpu") else None)
-
-
-def lr_at(step: int, cfg: TrainConfig, total_steps: int | None) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to the floor at total_steps. Warmup takes
-    at most a tenth of a known schedule, so short runs still reach the peak rate."""
-    warmup = cfg.warmup_steps if total_steps is None else min(cfg.warmup_steps, total_steps // 10)
-    if step < warmup:
-        return cfg.lr * (step + 1) / (warmup + 1)
-    if total_steps is None:
-        return cfg.lr
-    span = max(total_steps - warmup, 1)
-    progress = min((step - warmup) / span, 1.0)
-    return cfg.min_lr_value + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr_value)
 
 
 STOP_REASONS = (None, "max_steps", "epochs", "max_time", "early_stop", "interrupted")  # agreed by the highest
@@ -106,6 +78,8 @@ class Trainer:
         self._ddp = None  # DistributedDataParallel, made when training starts (after a resume has loaded)
         self._step_model = model  # replaced by the DDP-wrapped or compiled model
         self._stop_requested = False
+        self._final_eval_seconds = 0.0  # how long the last evaluation and checkpoint took
+        self._clock = time.perf_counter()  # state.elapsed counts from here (see _tick)
         self._byte_lengths_np = byte_lengths
         budget = cfg.eval_iters * cfg.batch_size
         # A validation split that fits the budget is scored whole, exactly as `gptcli eval
@@ -136,19 +110,20 @@ class Trainer:
         planned = self.planned_steps()
         if planned is not None and self.state.step >= planned:
             return "max_steps" if self.cfg.max_steps == planned else "epochs"
-        if self.cfg.max_time is not None and self.state.elapsed >= self.cfg.max_time:
-            return "max_time"
+        if self.cfg.max_time is not None and self.state.elapsed + self._final_eval_seconds >= self.cfg.max_time:
+            return "max_time"  # the evaluation and checkpoint that end the run still fit in the budget
         if self.cfg.patience is not None and self.state.evals_since_best >= self.cfg.patience:
             return "early_stop"
         return None
 
-    def _estimate_horizon(self, seconds_per_step: float) -> int:
-        """Turn the time budget into a schedule length, counting evaluation time."""
-        eval_share = 2 * self.cfg.eval_iters / (3 * self.cfg.eval_interval * self.cfg.grad_accum)
-        remaining = max(self.cfg.max_time - self.state.elapsed, 0.0)
-        steps = self.state.step + int(remaining / (seconds_per_step * (1 + eval_share)))
+    def expected_steps(self) -> int | None:
+        """How many steps the run will take, for progress displays: the step limit, or
+        the steps a time budget allows at the pace so far (whichever is fewer)."""
         planned = self.planned_steps()
-        return max(1, min(steps, planned) if planned is not None else steps)
+        if self.cfg.max_time is None or self.state.step == 0 or self.state.elapsed <= 0:
+            return planned
+        by_time = math.ceil(self.state.step * self.cfg.max_time / self.state.elapsed)
+        return by_time if planned is None else min(planned, by_time)
 
     # -- one step -------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +140,7 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns the mean loss (a
         tensor: reading it would force a host sync, so callers do so only when logging)."""
-        lr = lr_at(self.state.step, self.cfg, self.state.total_steps)
+        lr = lr_at(self.state.step, self.cfg, self.state.total_steps, self.state.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -178,12 +153,15 @@ class Trainer:
                 loss = self._forward_loss(x, y) / self.cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
+        parts = getattr(self.optimizer, "parts", [self.optimizer])  # AdamW alone, or AdamW and Muon
         if self.scaler:
-            self.scaler.unscale_(self.optimizer)
+            for optimizer in parts:
+                self.scaler.unscale_(optimizer)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         if self.scaler:
-            self.scaler.step(self.optimizer)
+            for optimizer in parts:
+                self.scaler.step(optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
@@ -237,25 +215,18 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------
     def run(self) -> str:
         """Train until a stop condition; returns why it stopped."""
-        if self.state.total_steps is None and self.cfg.max_time is None:
+        if self.state.total_steps is None:
             self.state.total_steps = self.planned_steps()
         loss_sum, loss_n, interval_t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
         interval_tokens = 0
-        probe_t0 = None
+        self._clock = time.perf_counter()
         while (reason := self._agreed_stop()) is None:
-            t0 = time.perf_counter()
             loss = self.train_step()
             loss_sum += loss
             loss_n += 1
             interval_tokens += self.tokens_per_step
-            self.state.elapsed += time.perf_counter() - t0
+            self._tick()
             step = self.state.step
-            if self.state.total_steps is None:  # --max-time: time a few steps, then fix the schedule
-                if step == 1:
-                    probe_t0 = self.state.elapsed
-                elif step == 1 + TIME_PROBE_STEPS:
-                    horizon = self._estimate_horizon((self.state.elapsed - probe_t0) / TIME_PROBE_STEPS)
-                    self.state.total_steps = distributed.agree_max(horizon) if self.dist.active else horizon
             if self.dist.main:
                 self.hooks.on_step(self)
             if step % self.cfg.log_interval == 0:
@@ -272,6 +243,7 @@ class Trainer:
             if step % self.cfg.eval_interval == 0:
                 self._eval_and_checkpoint()
                 interval_t0 = time.perf_counter()  # evaluation time is not training throughput
+            self._tick()
         if loss_n:
             self._check_finite((loss_sum / loss_n).item())
         if self.state.last_eval.get("step") == self.state.step:
@@ -282,7 +254,15 @@ class Trainer:
                 self.hooks.on_checkpoint(self, False, state)
         else:
             self._eval_and_checkpoint()
+        self._tick()
         return reason
+
+    def _tick(self) -> None:
+        """Add the time since the last tick to state.elapsed: a time budget counts all of
+        the loop (steps, logging, evaluations, checkpoints), as the user's clock does."""
+        now = time.perf_counter()
+        self.state.elapsed += now - self._clock
+        self._clock = now
 
     def _agreed_stop(self) -> str | None:
         """Why to stop now, if at all. Under torchrun every rank takes the most pressing
@@ -299,7 +279,6 @@ class Trainer:
     def _eval_and_checkpoint(self) -> None:
         t0 = time.perf_counter()
         metrics = self.evaluate()
-        self.state.elapsed += time.perf_counter() - t0
         self._check_finite(metrics["val_loss"])
         improved = self.state.best_val_loss is None or metrics["val_loss"] < self.state.best_val_loss
         if improved:
@@ -314,6 +293,7 @@ class Trainer:
         if self.dist.main:
             self.hooks.on_eval(self, record)
             self.hooks.on_checkpoint(self, improved, state)
+        self._final_eval_seconds = time.perf_counter() - t0  # a time budget keeps room for the last one
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):

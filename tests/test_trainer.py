@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data import Split
 from gptcli.device import pick_precision, seed_everything
 from gptcli.model import GPT
-from gptcli.trainer import Hooks, Trainer, lr_at, param_groups
+from gptcli.optimizers import Optimizers, lr_at, param_groups
+from gptcli.trainer import Hooks, Trainer
 
 
 class Recorder(Hooks):
@@ -57,9 +59,46 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 def test_weight_decay_applies_to_matrices_only():
     model = GPT(ModelConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=32))
-    decay, no_decay = param_groups(model, 0.1)
+    groups = param_groups(model, 0.1)
+    assert list(groups) == ["adamw"]
+    decay, no_decay = groups["adamw"]
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(arch):
+    model = build(ModelConfig(arch=arch, vocab_size=300, block_size=16, n_layer=2, n_head=2 if arch == "gpt" else 1,
+                              n_embd=32))
+    groups = param_groups(model, 0.1, "muon")
+    names = {id(p): n for n, p in model.named_parameters()}
+    (hidden,) = groups["muon"]
+    decay, no_decay = groups["adamw"]
+    to_muon = sorted(names[id(p)] for p in hidden["params"])
+    if arch == "gpt":
+        assert to_muon == sorted(f"h.{i}.{m}.weight" for i in range(2)
+                                 for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+        assert sorted(names[id(p)] for p in decay["params"]) == ["wpe.weight", "wte.weight"]  # lm_head is wte
+    else:
+        assert to_muon and all(n.startswith("rnn.weight_") for n in to_muon)
+        assert [names[id(p)] for p in decay["params"]] == ["wte.weight"]
+    assert hidden["weight_decay"] == 0.1 and decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    counted = [id(p) for g in (hidden, decay, no_decay) for p in g["params"]]
+    assert sorted(counted) == sorted(id(p) for p in model.parameters())  # each tensor in exactly one group
+
+
+def test_muon_trains_with_adamw_beside_it_at_one_learning_rate():
+    trainer = _setup(Recorder(), optimizer="muon", lr=2e-3, weight_decay=0.05)
+    opt = trainer.optimizer
+    assert isinstance(opt, Optimizers)
+    assert [type(o).__name__ for o in opt.parts] == ["AdamW", "Muon"]
+    assert opt.parts[1].defaults["adjust_lr_fn"] == "match_rms_adamw"
+    before = [p.detach().clone() for p in opt.parts[1].param_groups[0]["params"]]
+    trainer.train_step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, opt.parts[1].param_groups[0]["params"]))
+    assert len({g["lr"] for g in opt.param_groups}) == 1
 
 
 def test_cpu_training_uses_fused_adamw_with_the_configured_hyperparameters():
@@ -107,20 +146,22 @@ def test_nan_loss_stops_with_a_clear_error():
     assert rec.checkpoints == []
 
 
-@pytest.mark.parametrize("stop_at, arch", [(3, "gpt"), (4, "gpt"), (9, "gpt"), (5, "lstm"), (5, "gru"), (5, "rnn")])
-def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch):
+@pytest.mark.parametrize("stop_at, arch, optimizer", [(3, "gpt", "adamw"), (4, "gpt", "adamw"), (9, "gpt", "adamw"),
+                                                       (5, "lstm", "adamw"), (5, "gru", "adamw"), (5, "rnn", "adamw"),
+                                                       (3, "gpt", "muon"), (9, "gpt", "muon"), (5, "lstm", "muon")])
+def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch, optimizer):
     straight = Recorder()
-    _setup(straight, arch=arch).run()
+    _setup(straight, arch=arch, optimizer=optimizer).run()
 
     first = Recorder(stop_at=stop_at)
-    trainer = _setup(first, arch=arch)
+    trainer = _setup(first, arch=arch, optimizer=optimizer)
     assert trainer.run() == "interrupted"
     ckpt.save_resume(tmp_path, trainer.model, trainer.optimizer, trainer.checkpoint_state())
 
     torch.manual_seed(12345)  # scramble everything resume must restore
     np.random.seed(5)
     second = Recorder()
-    resumed = _setup(second, arch=arch)
+    resumed = _setup(second, arch=arch, optimizer=optimizer)
     state = ckpt.load_resume(tmp_path, resumed.model, resumed.optimizer)
     resumed.load_state_dict(state)  # the sampler and the random-number generators too
     assert resumed.run() == "max_steps"
@@ -143,11 +184,52 @@ def test_grad_accumulation_matches_a_bigger_batch():
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
 
 
-def test_max_time_fits_the_schedule_then_stops_on_time():
-    trainer = _setup(Hooks(), max_steps=None, max_time=1.5, eval_interval=1000, dropout=0.0)
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fifth():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, schedule="wsd")
+    lrs = [lr_at(s, cfg, 110) for s in range(111)]
+    assert lrs[9] < 0.99 and all(lr == pytest.approx(1.0) for lr in lrs[10:91])  # decay starts at 80% of the decay
+    assert lrs[91] < lrs[90]
+    assert lrs[100] == pytest.approx(0.1 + 0.9 * 0.5) and lrs[110] == pytest.approx(0.1)
+    timed = TrainConfig(lr=1.0, warmup_steps=0, schedule="wsd", max_time=10.0)
+    assert lr_at(50, timed, None, 7.9) == pytest.approx(1.0) and lr_at(60, timed, None, 10.0) == pytest.approx(0.1)
+
+
+def test_time_schedule_follows_the_elapsed_fraction_of_the_budget():
+    cfg = TrainConfig(lr=1.0, warmup_steps=1000, max_time=100.0)  # more warmup steps than the run will take
+    assert lr_at(0, cfg, None, 0.0) == pytest.approx(1 / 1001)
+    assert lr_at(5, cfg, None, 5.0) == pytest.approx(0.5)  # warmup ends by a tenth of the time
+    assert lr_at(50, cfg, None, 50.0) == pytest.approx(0.1 + 0.9 * 0.5)  # half the budget: half way down
+    assert lr_at(99, cfg, None, 100.0) == pytest.approx(0.1)  # the floor as the time runs out
+    both = TrainConfig(lr=1.0, warmup_steps=0, max_time=100.0)
+    assert lr_at(50, both, 100, 10.0) == lr_at(50, both, 100, 0.0) > lr_at(50, both, 100, 80.0)  # the further one
+
+
+def test_max_time_ends_within_the_budget_with_the_schedule_at_its_floor_even_when_the_pace_changes():
+    rec = Recorder()
+    seen = []
+    trainer = _setup(rec, max_steps=None, max_time=3.0, eval_interval=40, log_interval=1, dropout=0.0,
+                     warmup_steps=5)
+    real_step = trainer.train_step
+
+    def step():  # after step 15 another process takes the CPU: each step takes 30 ms longer
+        loss = real_step()
+        if trainer.state.step > 15:
+            time.sleep(0.03)
+        seen.append((trainer.state.elapsed, trainer.optimizer.param_groups[0]["lr"]))
+        return loss
+
+    trainer.train_step = step
+    t0 = time.perf_counter()
     assert trainer.run() == "max_time"
-    assert trainer.state.elapsed >= 1.5
-    assert trainer.state.total_steps is not None and trainer.state.total_steps > 11
+    wall = time.perf_counter() - t0
+    assert 3.0 * 0.97 <= trainer.state.elapsed <= 3.0 * 1.03, trainer.state.elapsed
+    assert wall <= 3.0 * 1.03 + 0.2, wall  # evaluations and checkpoints included
+    lrs = [lr for _, lr in seen]
+    floor, peak = trainer.cfg.min_lr_value, trainer.cfg.lr
+    assert max(lrs) == pytest.approx(peak, rel=0.02)
+    assert lrs[-1] - floor <= 0.02 * (peak - floor), (lrs[-1], floor)  # decayed to the floor at the end...
+    half = next(lr for elapsed, lr in seen if elapsed >= 1.5)
+    assert half == pytest.approx(floor + 0.5 * (peak - floor), rel=0.1)  # ...and not before
 
 
 def test_epochs_set_the_step_count():

@@ -31,14 +31,14 @@ class RunFolderHooks(Hooks):
 
     def on_step(self, trainer: Trainer) -> None:
         if self.bar.is_bar:
-            s = trainer.state
-            self.bar.update(s.step, total=max(s.total_steps, s.step) if s.total_steps else None)
+            total = trainer.expected_steps()
+            self.bar.update(trainer.state.step, total=max(total, trainer.state.step) if total else None)
 
     def on_log(self, trainer: Trainer, record: dict) -> None:
         ckpt.append_metrics(self.run, record)
         s, cfg = trainer.state, trainer.cfg
-        # A --max-time run may outlast its fitted schedule (it then trains at the floor LR).
-        total = max(s.total_steps, s.step) if s.total_steps else None
+        total = trainer.expected_steps()  # with --max-time, at the pace so far
+        total = max(total, s.step) if total else None
         status = (f"{self._status(trainer, record['loss'])} | lr {record['lr']:.2e} | "
                   f"{record['tokens_per_sec']:,.0f} tok/s")
         if self.bar.is_bar:
