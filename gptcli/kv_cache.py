@@ -25,11 +25,16 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch_size: int, *, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.max_len = max_len or cfg.block_size
-        self.kv = torch.zeros((2, cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim),
-                              device=device, dtype=dtype)
+        self._use(torch.zeros((2, cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim),
+                              device=device, dtype=dtype))
         self.valid = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)  # (B, max_len)
         self.padded = False  # whether any stored position is padding
         self.pos = 0
+
+    def _use(self, kv: torch.Tensor) -> None:
+        """Make kv the buffer, with its per-layer views (2, B, n_head, max_len, head_dim) for `append`."""
+        self.kv = kv
+        self._layers = kv.unbind(1)
 
     def mark_padding(self, valid: torch.Tensor) -> None:
         """valid (B, T): False where the next T positions are left padding."""
@@ -52,7 +57,7 @@ class KVCache:
         leaves them; one copy stores both."""
         if self.pos >= self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos + 1} were asked for")
-        layer_kv = self.kv.select(1, layer)  # (2, B, n_head, max_len, head_dim)
+        layer_kv = self._layers[layer]  # (2, B, n_head, max_len, head_dim)
         layer_kv.select(3, self.pos).copy_(kv.transpose(0, 1))
         upto = layer_kv.narrow(3, 0, self.pos + 1)
         return upto[0], upto[1]
@@ -67,7 +72,7 @@ class KVCache:
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
         if rows.numel() != self.kv.size(2):  # the batch changes size: new buffers
-            self.kv = self.kv.index_select(2, rows)
+            self._use(self.kv.index_select(2, rows))
         else:
             self._move_rows(rows.tolist())
         if self.padded or rows.numel() != self.valid.size(0):
