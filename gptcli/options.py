@@ -38,6 +38,9 @@ def help_text(cls: type, name: str) -> str:
     per_preset = [(p, v[section][name]) for p, v in PRESETS.items() if section and name in v[section]]
     if per_preset:
         default = "preset: " + ", ".join(f"{p} {_fmt(v)}" for p, v in per_preset)
+        if len(per_preset) < len(PRESETS):  # the presets that leave it alone take the default
+            value = cls.__dataclass_fields__[name].default
+            default += f"; others {_fmt(value)}"
     elif spec.default_text is not None:
         default = f"default: {spec.default_text}"
     else:

@@ -110,8 +110,12 @@ class Trainer:
         planned = self.planned_steps()
         if planned is not None and self.state.step >= planned:
             return "max_steps" if self.cfg.max_steps == planned else "epochs"
-        if self.cfg.max_time is not None and self.state.elapsed + self._final_eval_seconds >= self.cfg.max_time:
-            return "max_time"  # the evaluation and checkpoint that end the run still fit in the budget
+        if self.cfg.max_time is not None:
+            # stop while the evaluation and checkpoint that end the run still fit in the budget
+            # (none is needed right after one)
+            ending = 0.0 if self.state.last_eval.get("step") == self.state.step else self._final_eval_seconds
+            if self.state.elapsed + ending >= self.cfg.max_time:
+                return "max_time"
         if self.cfg.patience is not None and self.state.evals_since_best >= self.cfg.patience:
             return "early_stop"
         return None

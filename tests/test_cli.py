@@ -53,6 +53,18 @@ def test_info_reports_config_and_summary(monkeypatch, capsys, small_corpus):
     assert d["params"] > 0
     code, out, _ = cli(monkeypatch, capsys, "info", "run")
     assert code == 0 and "parameters" in out and "2 steps" in out
+    assert "recipe       adamw, lr 0.002, cosine schedule, batch 4" in out  # the tiny preset's
+
+
+def test_muon_and_wsd_through_the_cli_and_the_optimizer_is_fixed_on_resume(monkeypatch, capsys, small_corpus):
+    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "3",
+                       "--optimizer", "muon", "--lr", "4e-3", "--schedule", "wsd", "--out", "run")
+    assert code == 0, err
+    code, out, _ = cli(monkeypatch, capsys, "info", "run")
+    assert "recipe       muon, lr 0.004, wsd schedule, batch 4" in out
+    assert cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "5")[0] == 0
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "6", "--optimizer", "adamw")
+    assert_clean_error(code, out, err, match="--optimizer cannot change when resuming")
 
 
 def test_stdin_corpus_and_sinusoidal_positions(monkeypatch, capsys, shakespeare_text):
@@ -109,6 +121,8 @@ BAD_TRAIN = [
     (["corpus.txt", "--pos-encoding", "rotary"], "--pos-encoding"),
     (["corpus.txt", "--dtype", "float16", "--device", "cpu"], "float16"),
     (["corpus.txt", "--lr", "abc"], "--lr"),
+    (["corpus.txt", "--optimizer", "sgd"], "--optimizer"),
+    (["corpus.txt", "--schedule", "linear"], "--schedule"),
     (["--resume", "notarun"], "no such run folder"),
     (["--resume", "emptydir"], "not a gptcli run folder"),
     (["corpus.txt", "--out", "/dev/null/run"], "cannot create --out"),

@@ -45,6 +45,11 @@ class InfoResult:
             lines.append(f"trained      {tr.get('steps', 0)} steps, {tr.get('tokens_seen', 0):,} tokens, "
                          f"{tr.get('elapsed_sec', 0):.0f}s on {tr.get('device', '?')} {tr.get('dtype', '')}"
                          + (f", {tr['world_size']} processes (torchrun)" if tr.get("world_size", 1) > 1 else ""))
+            recipe = tr.get("config") or {}
+            if recipe:
+                lines.append(f"recipe       {recipe.get('optimizer', 'adamw')}, lr {recipe.get('lr', 0):g}, "
+                             f"{recipe.get('schedule', 'cosine')} schedule, batch {recipe.get('batch_size')}"
+                             + (f" x {recipe['grad_accum']}" if recipe.get("grad_accum", 1) > 1 else ""))
             if tr.get("best_val_loss") is not None:
                 bpb = tr.get("best_val_bpb")
                 lines.append(f"best val     loss {tr['best_val_loss']:.4f} at step {tr.get('best_step')}"
