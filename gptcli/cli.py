@@ -46,6 +46,9 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT of the same kind.")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
     "--tokenizer", help="tokenizer.json, its folder, or a run folder [default: ./tokenizer/].", show_default=False)]
+Prompt = Annotated[Optional[str], typer.Option(
+    "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
+    show_default=False)]
 
 
 def _version(value: bool) -> None:
@@ -137,9 +140,7 @@ def train(
 @settings_options(SampleConfig, GenerateOptions)
 def generate(
     checkpoint: Checkpoint = None,
-    prompt: Annotated[Optional[str], typer.Option(
-        "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
-        show_default=False)] = None,
+    prompt: Prompt = None,
     prompts: Annotated[Optional[str], typer.Option(
         help="File (or -) with one prompt per line, or JSON lines with a \"prompt\" field; generated in batches.",
         show_default=False)] = None,
@@ -259,9 +260,7 @@ def plot(
 @settings_options(AttentionOptions)
 def attention(
     checkpoint: Checkpoint = None,
-    prompt: Annotated[Optional[str], typer.Option(
-        "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
-        show_default=False)] = None,
+    prompt: Prompt = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Also draw heatmaps (layers x heads, or those chosen) into this PNG.",
         show_default=False)] = None,
