@@ -83,7 +83,7 @@ class Matmul:
             y = torch.bmm(rows, self.weight) if self.bias is None else torch.baddbmm(self.bias, rows, self.weight)
             y = y.view(1, -1)
         elif self.form == "int8":
-            y = torch._weight_int8pack_mm(x if x.dtype == torch.bfloat16 else x.bfloat16(), self.weight, self.scale)
+            y = self._int8_product(x)
             if self.bf16_out:
                 y = y.add_(self.bias)
             else:  # float32 either way
@@ -96,10 +96,13 @@ class Matmul:
         """x += inp @ weight.T + bias, in place: the residual stream's update, with no
         float32 copy of an int8 product made first."""
         if self.form == "int8" and self.bias is not None and not self.bf16_out:
-            x.add_(torch._weight_int8pack_mm(inp if inp.dtype == torch.bfloat16 else inp.bfloat16(), self.weight,
-                                             self.scale)).add_(self.bias)
+            x.add_(self._int8_product(inp)).add_(self.bias)
         else:
             x.add_(self(inp))
+
+    def _int8_product(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T without the bias, in bf16, x taken in bf16."""
+        return torch._weight_int8pack_mm(x if x.dtype == torch.bfloat16 else x.bfloat16(), self.weight, self.scale)
 
 
 def matmul_form(weights: str, device: torch.device, rows: int) -> str:
