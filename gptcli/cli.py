@@ -217,7 +217,8 @@ def compare(
                         ] = False,
     settings: dict | None = None,
 ) -> None:
-    """Train GPT, LSTM, GRU and RNN models of the same size on the same text, and compare them."""
+    """Train GPT, LSTM, GRU and RNN models of the same size on the same text with one recipe (AdamW unless
+    --optimizer is given), and compare them."""
     from gptcli.commands import compare as command
     from gptcli.workspace import default_run_folder
 

@@ -46,6 +46,9 @@ class ModelConfig:
     n_head: int = setting(4, "Attention heads.", low=1, high=1024)
     n_embd: int = setting(256, "Embedding width.", low=1, high=2**16)
     dropout: float = setting(0.0, "Dropout probability, training only.", low=0.0, high=1.0, open_high=True)
+    attn_dropout: float | None = setting(None, "Dropout on the attention weights, training only. With 0, CPU "
+                                         "attention keeps its fused kernel.", low=0.0, high=1.0, open_high=True,
+                                         default_text="--dropout")
     bias: bool = setting(True, "Biases in Linear and LayerNorm layers, as GPT-2.", flag="--bias/--no-bias")
     pos_encoding: str = setting("learned", "learned (GPT-2) or sinusoidal (fixed, not stored).",
                                 choices=("learned", "sinusoidal"))
@@ -68,6 +71,10 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def attention_dropout(self) -> float:
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
 
 DEFAULT_MAX_STEPS = 2000  # when no --max-steps, --max-time or --epochs is given
@@ -122,13 +129,17 @@ class TrainConfig:
 
 
 # A preset names a model shape and the training settings that suit it. `tiny` trains
-# usefully on a 2-core CPU in minutes; `gpt2` is the 124M model.
+# usefully on a 2-core CPU in minutes; `gpt2` is the 124M model. A preset's "muon"
+# settings replace its others when the optimizer is Muon, which is the default for a GPT
+# trained from scratch where a preset has them (train_plan.settings_for).
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0),
-        # AdamW: Muon at 4e-3 wins at 3 minutes but overfits a 1 MB corpus by 12
-        # (docs/benchmarks.md, "Training recipes at equal time")
-        "train": dict(batch_size=16, lr=2e-3, warmup_steps=100),
+        "train": dict(batch_size=16, lr=2e-3, warmup_steps=100),  # with --optimizer adamw: the recipe until 2026-11
+        # Muon needs more regularisation: it overfits a 1 MB corpus within 10 minutes
+        # without it; residual dropout costs little, attention dropout a quarter of the
+        # speed (docs/benchmarks.md, "Training recipes at equal time")
+        "muon": dict(optimizer="muon", lr=4e-3, weight_decay=0.5, dropout=0.2, attn_dropout=0.0),
     },
     "small": {
         "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1),

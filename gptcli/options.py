@@ -30,17 +30,32 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _default_text(cls: type, name: str) -> str:
+    value, text = cls.__dataclass_fields__[name].default, specs(cls)[name][1].default_text
+    return text if value is None and text else _fmt(value)
+
+
+def _preset_value(chosen: dict, section: str, name: str, cls: type) -> str:
+    """A preset's value for a setting, with its Muon value first where it has one."""
+    plain = _fmt(chosen[section][name]) if name in chosen[section] else _default_text(cls, name)
+    if name not in chosen.get("muon", {}):
+        return plain
+    if name == "optimizer":
+        return "muon for a new GPT (train)"
+    return f"{_fmt(chosen['muon'][name])} with muon, else {plain}"
+
+
 def help_text(cls: type, name: str) -> str:
     """The setting's help, its default (per preset where presets set it) and its range."""
     kind, spec = specs(cls)[name]
     base = base_type(kind)
     section = PRESET_SECTION.get(cls)
-    per_preset = [(p, v[section][name]) for p, v in PRESETS.items() if section and name in v[section]]
+    per_preset = [(p, _preset_value(v, section, name, cls)) for p, v in PRESETS.items()
+                  if section and (name in v[section] or name in v.get("muon", {}))]
     if per_preset:
-        default = "preset: " + ", ".join(f"{p} {_fmt(v)}" for p, v in per_preset)
+        default = "preset: " + ", ".join(f"{p} {v}" for p, v in per_preset)
         if len(per_preset) < len(PRESETS):  # the presets that leave it alone take the default
-            value = cls.__dataclass_fields__[name].default
-            default += f"; others {_fmt(value)}"
+            default += f"; others {_default_text(cls, name)}"
     elif spec.default_text is not None:
         default = f"default: {spec.default_text}"
     else:

@@ -15,6 +15,7 @@ from gptcli.settings import from_dict, specs
     (ModelConfig(n_layer=2.0), "n_layer must be an integer, got 2.0"),
     (ModelConfig(n_layer=True), "n_layer must be an integer, got True"),
     (ModelConfig(dropout=1.0), "dropout must be in [0, 1), got 1.0"),
+    (ModelConfig(attn_dropout=-0.1), "attn_dropout must be in [0, 1), got -0.1"),
     (ModelConfig(pos_encoding="rotary"), "pos_encoding must be learned or sinusoidal, got 'rotary'"),
     (ModelConfig(n_embd=30, n_head=4), "n_embd 30 is not divisible by n_head 4"),
     (TrainConfig(lr=float("inf")), "lr must be a finite number, got inf"),
@@ -43,8 +44,11 @@ def test_the_cli_names_a_setting_as_its_flag():
 
 
 def test_help_shows_each_presets_default_and_the_range():
-    assert help_text(TrainConfig, "lr").endswith("[preset: tiny 0.002, small 0.001, medium 0.0006, gpt2 0.0006; "
-                                                 "in (0, 10]]")
+    assert help_text(TrainConfig, "lr").endswith("[preset: tiny 0.004 with muon, else 0.002, small 0.001, medium "
+                                                 "0.0006, gpt2 0.0006; in (0, 10]]")
+    assert help_text(TrainConfig, "optimizer").endswith("[preset: tiny muon for a new GPT (train); others adamw]")
+    assert help_text(ModelConfig, "attn_dropout").endswith("[preset: tiny 0 with muon, else --dropout; others "
+                                                           "--dropout; in [0, 1)]")
     assert help_text(TrainConfig, "grad_accum").endswith("[default: 1; between 1 and 65,536]")
     assert "default: lr/10" in help_text(TrainConfig, "min_lr")
 

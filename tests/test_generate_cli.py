@@ -22,7 +22,7 @@ def cjk_run(isolated, monkeypatch, capsys):
     corpus = isolated / "poems.txt"
     corpus.write_text(CJK * 300, encoding="utf-8")
     code, _, err = cli(monkeypatch, capsys, "train", str(corpus), *TINY_FLAGS[:-2], "--vocab-size", "300",
-                       "--max-steps", "200", "--lr", "3e-3", "--out", "run")
+                       "--max-steps", "200", "--optimizer", "adamw", "--lr", "3e-3", "--out", "run")
     assert code == 0, err
     return isolated / "run"
 

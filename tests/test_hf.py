@@ -15,8 +15,9 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from gptcli.checkpoint import load_run  # noqa: E402
-from gptcli.config import SampleConfig  # noqa: E402
+from gptcli.config import ModelConfig, SampleConfig  # noqa: E402
 from gptcli.decoding import beam_search  # noqa: E402
+from gptcli.hf_weights import hf_config  # noqa: E402
 from gptcli.tokenizer import BPETokenizer  # noqa: E402
 
 SHAPES = {  # odd on purpose: width not a power of two, 3 heads, vocab not a multiple of 64
@@ -246,3 +247,9 @@ def test_fine_tune_an_imported_model(tmp_path, small_corpus, shakespeare_text, m
     before, _, _ = load_run("imported")
     after, _, doc = load_run("tuned")
     assert doc["model"]["n_embd"] == 48 and not torch.equal(before.wte.weight, after.wte.weight)
+
+
+def test_export_keeps_each_dropout():
+    cfg = hf_config(ModelConfig(dropout=0.2, attn_dropout=0.0), eot_id=0)
+    assert (cfg["resid_pdrop"], cfg["embd_pdrop"], cfg["attn_pdrop"]) == (0.2, 0.2, 0.0)
+    assert hf_config(ModelConfig(dropout=0.1), eot_id=0)["attn_pdrop"] == 0.1

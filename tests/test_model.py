@@ -78,6 +78,32 @@ def test_gpt2_math_choices():
     assert nobias.h[0].attn.c_attn.bias is None and nobias.ln_f.bias is None
 
 
+@pytest.mark.parametrize("dropout, attn_dropout, attention_random, rest_random", [
+    (0.0, 0.5, True, False),  # only the attention weights drop
+    (0.5, 0.0, False, True),  # the residual branches drop, attention keeps every weight
+    (0.5, None, True, True),  # unset: --dropout everywhere
+])
+def test_attention_dropout_is_its_own_setting(dropout, attn_dropout, attention_random, rest_random):
+    model = tiny(dropout=dropout, attn_dropout=attn_dropout).train()
+    x = torch.randn(2, 5, 32)
+    attn, mlp = model.h[0].attn, model.h[0].mlp
+    mask = (None, True)  # causal, no cache
+
+    def varies(f) -> bool:
+        torch.manual_seed(1)
+        first = f()
+        torch.manual_seed(2)
+        return not torch.equal(first, f())
+
+    # the residual dropout sits at the end of both branches: strip it to see attention alone
+    attn.resid_dropout.p, kept = 0.0, attn.resid_dropout.p
+    assert varies(lambda: attn(x, None, 0, mask)) == attention_random
+    attn.resid_dropout.p = kept
+    assert varies(lambda: mlp(x)) == rest_random
+    model.eval()
+    torch.testing.assert_close(attn(x, None, 0, mask), attn(x, None, 0, mask))  # never when generating
+
+
 def test_tiny_model_overfits_a_short_text():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=64))

@@ -101,7 +101,7 @@ def test_every_command_works_for_a_recurrent_run(arch, small_corpus, monkeypatch
 
 
 def test_positions_and_heads_are_refused_for_a_recurrent_arch(small_corpus, monkeypatch, capsys):
-    for flag, value in (("--pos-encoding", "sinusoidal"), ("--n-head", "2")):
+    for flag, value in (("--pos-encoding", "sinusoidal"), ("--n-head", "2"), ("--attn-dropout", "0.1")):
         code, out, err = cli(monkeypatch, capsys, "train", str(small_corpus), "--arch", "gru", flag, value)
         assert_clean_error(code, out, err, match="does not apply to --arch gru")
 
@@ -130,6 +130,8 @@ def test_compare_trains_every_arch_at_the_same_size_and_draws_both_figures(small
         assert r["tokens_seen"] == records["gpt"]["tokens_seen"]  # the same budget of steps and batches
         assert len(r["loss_by_position"]) == 32 and r["best_val_bpb"] > 0 and r["generate_tokens_per_second"] > 0
         assert r["val_bpb_at_equal_tokens"] is not None and r["sample"]
+        config = json.loads((small_corpus.parent / "cmp" / r["arch"] / "config.json").read_text())
+        assert config["training"]["config"]["optimizer"] == "adamw"  # one recipe for all, GPT included
     assert summary["equal_tokens"] == 4 * 4 * 32
     for name in ("curves.png", "position.png"):
         height, width = _is_png(small_corpus.parent / "cmp" / name)

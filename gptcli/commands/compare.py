@@ -1,11 +1,12 @@
 """`gptcli compare`: the RNN-vs-Transformer experiment on the user's own text.
 
 Trains each architecture in turn with the same tokenizer, token cache, split, batch size,
-seed and budget, each as large as the preset's GPT, into DIR/<arch>/ (an ordinary run
-folder), then measures them side by side: parameters, training speed, best validation
-bits per byte and bits per byte at equal tokens, generation speed, and the validation
-loss by position in the context window (with the scoring code `gptcli eval` uses). A
-failed arch is reported and the others kept; Ctrl-C stops after the arch in training.
+recipe (AdamW unless --optimizer is given), seed and budget, each as large as the
+preset's GPT, into DIR/<arch>/ (an ordinary run folder), then measures them side by
+side: parameters, training speed, best validation bits per byte and bits per byte at
+equal tokens, generation speed, and the validation loss by position in the context
+window (with the scoring code `gptcli eval` uses). A failed arch is reported and the
+others kept; Ctrl-C stops after the arch in training.
 Writes DIR/summary.json, DIR/curves.png and DIR/position.png.
 """
 
@@ -107,7 +108,9 @@ def run(req: CompareRequest, console: Console) -> CompareResult:
     records: list[dict] = []
     for i, arch in enumerate(req.archs):
         console.info(f"compare: training {arch} ({i + 1} of {len(req.archs)}) -> {req.out / arch}")
-        settings = {"eval_interval": EVAL_INTERVAL, **req.settings, "arch": arch}
+        # one recipe for every arch: AdamW unless --optimizer says otherwise (a GPT alone
+        # would otherwise get Muon, its own default)
+        settings = {"eval_interval": EVAL_INTERVAL, "optimizer": "adamw", **req.settings, "arch": arch}
         run_req = train.TrainRequest(paths=req.paths, preset=req.preset, settings=settings,
                                      out=req.out / arch, val=req.val, overwrite=req.overwrite)
         try:

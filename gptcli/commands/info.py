@@ -35,10 +35,11 @@ class InfoResult:
                   if m.get("arch", "gpt") != "gpt" else
                   f"gpt, {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, context {m['block_size']}, "
                   f"{m['pos_encoding']} positions")
+        attention = f" (attention {m['attn_dropout']})" if m.get("attn_dropout") is not None else ""
         lines = [
             f"run          {self.run}",
             f"parameters   {self.params:,}",
-            f"model        {shape}, dropout {m['dropout']}, bias {m['bias']}",
+            f"model        {shape}, dropout {m['dropout']}{attention}, bias {m['bias']}",
             f"tokenizer    {t.get('vocab_size')} tokens (byte-level BPE)",
         ]
         if tr:
@@ -48,6 +49,7 @@ class InfoResult:
             recipe = tr.get("config") or {}
             if recipe:
                 lines.append(f"recipe       {recipe.get('optimizer', 'adamw')}, lr {recipe.get('lr', 0):g}, "
+                             f"weight decay {recipe.get('weight_decay', 0):g}, "
                              f"{recipe.get('schedule', 'cosine')} schedule, batch {recipe.get('batch_size')}"
                              + (f" x {recipe['grad_accum']}" if recipe.get("grad_accum", 1) > 1 else ""))
             if tr.get("best_val_loss") is not None:

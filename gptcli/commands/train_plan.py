@@ -40,19 +40,28 @@ class TrainRequest:
 
 
 
-def settings_for(preset_name: str, given: dict) -> tuple[ModelConfig, TrainConfig]:
-    """The preset's shape and training settings, with what the user gave on top. A
-    recurrent arch takes the preset's depth; its width is matched later (matched_shape)."""
+def settings_for(preset_name: str, given: dict, from_scratch: bool = True) -> tuple[ModelConfig, TrainConfig]:
+    """The preset's shape and training settings, with what the user gave on top. The
+    preset's "muon" settings join in for --optimizer muon, and when no optimizer is
+    given for a GPT trained from scratch (the recurrent nets and fine-tuning keep AdamW,
+    the recipe they were measured with). A recurrent arch takes the preset's depth; its
+    width is matched later (matched_shape)."""
     chosen = preset(preset_name)
+    arch = given.get("arch", chosen["model"].get("arch", "gpt"))
+    muon_default = "muon" in chosen and arch == "gpt" and from_scratch
+    layers = [chosen["model"], chosen["train"]]
+    if given.get("optimizer", "muon" if muon_default else "adamw") == "muon":
+        layers.append(chosen.get("muon", {}))
+    settings = {name: value for layer in [*layers, given] for name, value in layer.items()}
     model_names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = {**chosen["model"], **{k: v for k, v in given.items() if k in model_names}}
-    train = {**chosen["train"], **{k: v for k, v in given.items() if k not in model_names}}
+    model = {k: v for k, v in settings.items() if k in model_names}
+    train = {k: v for k, v in settings.items() if k not in model_names}
     if model.get("arch", "gpt") != "gpt":
-        for name in ("pos_encoding", "n_head"):
+        for name in ("pos_encoding", "n_head", "attn_dropout"):
             if name in given:
                 raise UsageError(f"{flag(name)} does not apply to --arch {model['arch']}: a recurrent model has no "
                                  "attention heads or positions")
-        model["n_head"] = 1
+        model["n_head"], model["attn_dropout"] = 1, None
     return ModelConfig(**model), TrainConfig(**train)
 
 
@@ -119,7 +128,7 @@ def plan_new(req: TrainRequest) -> Plan:
         raise UsageError("--tokenizer and --init disagree: --init uses the tokenizer of the run it starts from")
     if req.allow_corpus_change:
         raise UsageError("--allow-corpus-change only applies with --resume")
-    model_cfg, train_cfg = settings_for(req.preset or DEFAULT_PRESET, req.settings)
+    model_cfg, train_cfg = settings_for(req.preset or DEFAULT_PRESET, req.settings, from_scratch=req.init is None)
     train_cfg.validate()
     if train_cfg.max_steps is None and train_cfg.max_time is None and train_cfg.epochs is None:
         train_cfg.max_steps = DEFAULT_MAX_STEPS
@@ -133,7 +142,8 @@ def plan_new(req: TrainRequest) -> Plan:
     if req.init is not None:
         init_model, tok, _ = ckpt.load_run(req.init)
         weights = init_model.state_dict()
-        model_cfg = dataclasses.replace(init_model.config, dropout=model_cfg.dropout)
+        model_cfg = dataclasses.replace(init_model.config, dropout=model_cfg.dropout,
+                                        attn_dropout=model_cfg.attn_dropout)
     elif req.tokenizer is not None:
         tok = BPETokenizer.load(req.tokenizer)
     budget.check_training(dataclasses.replace(model_cfg, vocab_size=tok.vocab_size if tok else model_cfg.vocab_size),
