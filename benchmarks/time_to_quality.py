@@ -69,6 +69,8 @@ RECIPES = {
     "muon-lr4e-3-dropout0.2": muon("4e-3", dropout="0.2", attn_dropout="0"),
     "muon-lr4e-3-dropout0.3": muon("4e-3", dropout="0.3", attn_dropout="0"),
     "muon-wd0.5-dropout0.2": muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0"),
+    "muon-wd0.5-dropout0.2-after4": muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0",
+                                         extra=("--regularize-after", "4")),
     "muon-lr4e-3-epochs4": muon("4e-3", extra=("--epochs", "4")),
     "muon-lr4e-3-epochs6": muon("4e-3", extra=("--epochs", "6")),
     "muon-lr4e-3-epochs8": muon("4e-3", extra=("--epochs", "8")),

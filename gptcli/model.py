@@ -106,6 +106,14 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def set_dropout(self, on: bool) -> None:
+        """Dropout at the configured rates, or none (the trainer's --regularize-after)."""
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = self.config.dropout if on else 0.0
+            elif isinstance(m, CausalSelfAttention):
+                m.dropout = self.config.attention_dropout if on else 0.0
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 

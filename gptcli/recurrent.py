@@ -40,6 +40,12 @@ class RecurrentLM(nn.Module):
         self.lm_head.weight = self.wte.weight  # tied, as GPT's
         nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
 
+    def set_dropout(self, on: bool) -> None:
+        """Dropout at the configured rate, or none (the trainer's --regularize-after)."""
+        self.drop.p = self.config.dropout if on else 0.0
+        if self.config.n_layer > 1:
+            self.rnn.dropout = self.drop.p
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 

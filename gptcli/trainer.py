@@ -73,6 +73,7 @@ class Trainer:
         self.state = TrainState()
         self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, self.dist.rank)
         self.optimizer = make_optimizer(model, cfg, self.device)
+        self._weight_decay = [group["weight_decay"] for group in self.optimizer.param_groups]  # off until regularizing
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_grad_scaler else None
         self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * self.dist.world
         self._ddp = None  # DistributedDataParallel, made when training starts (after a resume has loaded)
@@ -145,8 +146,10 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns the mean loss (a
         tensor: reading it would force a host sync, so callers do so only when logging)."""
         lr = lr_at(self.state.step, self.cfg, self.state.total_steps, self.state.elapsed)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        regularize = self.state.tokens_seen >= self.cfg.regularize_after * len(self.train.tokens)
+        self.model.set_dropout(regularize)
+        for group, decay in zip(self.optimizer.param_groups, self._weight_decay):
+            group["lr"], group["weight_decay"] = lr, decay if regularize else 0.0
         self.model.train()
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
