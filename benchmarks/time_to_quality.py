@@ -51,6 +51,11 @@ def muon(lr: str, weight_decay: str = "0.1", dropout: str = "0", attn_dropout: s
             "--attn-dropout", attn_dropout or dropout, *extra]
 
 
+def after4(*extra: str) -> list[str]:
+    """Muon, dropout 0.2 (none on attention) and weight decay 0.5, both from the fifth pass."""
+    return muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0", extra=("--regularize-after", "4", *extra))
+
+
 RECIPES = {
     "default": [],
     "baseline": adamw(),
@@ -69,8 +74,13 @@ RECIPES = {
     "muon-lr4e-3-dropout0.2": muon("4e-3", dropout="0.2", attn_dropout="0"),
     "muon-lr4e-3-dropout0.3": muon("4e-3", dropout="0.3", attn_dropout="0"),
     "muon-wd0.5-dropout0.2": muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0"),
-    "muon-wd0.5-dropout0.2-after4": muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0",
-                                         extra=("--regularize-after", "4")),
+    "muon-wd0.5-dropout0.2-after4": after4(),
+    # the same with one thing changed
+    "after4-wsd": after4("--schedule", "wsd"),
+    "after4-batch8": after4("--batch-size", "8"),
+    "after4-batch32": after4("--batch-size", "32"),
+    "after4-narrow-deep": after4("--n-layer", "6", "--n-embd", "192", "--n-head", "6"),
+    "after4-wide-shallow": after4("--n-layer", "2", "--n-embd", "384", "--n-head", "6"),
     "muon-lr4e-3-epochs4": muon("4e-3", extra=("--epochs", "4")),
     "muon-lr4e-3-epochs6": muon("4e-3", extra=("--epochs", "6")),
     "muon-lr4e-3-epochs8": muon("4e-3", extra=("--epochs", "8")),
