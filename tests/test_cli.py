@@ -54,24 +54,27 @@ def test_info_reports_config_and_summary(monkeypatch, capsys, small_corpus):
     assert d["params"] > 0
     code, out, _ = cli(monkeypatch, capsys, "info", "run")
     assert code == 0 and "parameters" in out and "2 steps" in out
-    assert "recipe       muon, lr 0.004, weight decay 0.5, cosine schedule, batch 4" in out  # the tiny preset's
+    assert ("recipe       muon, lr 0.004, weight decay 0.5, cosine schedule, batch 4, dropout and weight decay "
+            "after 4 passes") in out  # the tiny preset's
     assert "dropout 0.2 (attention 0.0)" in out
 
 
 @pytest.mark.parametrize("preset, given, expected", [
     # a new GPT: Muon, with the settings measured with it
-    ("tiny", {}, ("muon", 4e-3, 0.5, 0.2, 0.0)),
-    ("tiny", {"optimizer": "muon", "lr": 1e-3, "dropout": 0.0}, ("muon", 1e-3, 0.5, 0.0, 0.0)),  # flags win
+    ("tiny", {}, ("muon", 4e-3, 0.5, 0.2, 0.0, 4.0)),
+    ("tiny", {"optimizer": "muon", "lr": 1e-3, "dropout": 0.0}, ("muon", 1e-3, 0.5, 0.0, 0.0, 4.0)),  # flags win
+    ("tiny", {"regularize_after": 0.0}, ("muon", 4e-3, 0.5, 0.2, 0.0, 0.0)),
     # --optimizer adamw: the tiny recipe before Muon (2026-11-22), exactly
-    ("tiny", {"optimizer": "adamw"}, ("adamw", 2e-3, 0.1, 0.0, 0.0)),
-    ("tiny", {"arch": "lstm"}, ("adamw", 2e-3, 0.1, 0.0, 0.0)),  # the recurrent nets keep AdamW
-    ("tiny", {"arch": "gru", "optimizer": "muon"}, ("muon", 4e-3, 0.5, 0.2, 0.2)),  # no attention: unset
-    ("small", {}, ("adamw", 1e-3, 0.1, 0.1, 0.1)),  # no Muon settings: AdamW
-    ("small", {"optimizer": "muon"}, ("muon", 1e-3, 0.1, 0.1, 0.1)),
+    ("tiny", {"optimizer": "adamw"}, ("adamw", 2e-3, 0.1, 0.0, 0.0, 0.0)),
+    ("tiny", {"arch": "lstm"}, ("adamw", 2e-3, 0.1, 0.0, 0.0, 0.0)),  # the recurrent nets keep AdamW
+    ("tiny", {"arch": "gru", "optimizer": "muon"}, ("muon", 4e-3, 0.5, 0.2, 0.2, 4.0)),  # no attention: unset
+    ("small", {}, ("adamw", 1e-3, 0.1, 0.1, 0.1, 0.0)),  # no Muon settings: AdamW
+    ("small", {"optimizer": "muon"}, ("muon", 1e-3, 0.1, 0.1, 0.1, 0.0)),
 ])
 def test_which_recipe_a_preset_gives(preset, given, expected):
     model, train = settings_for(preset, given)
-    assert (train.optimizer, train.lr, train.weight_decay, model.dropout, model.attention_dropout) == expected
+    assert (train.optimizer, train.lr, train.weight_decay, model.dropout, model.attention_dropout,
+            train.regularize_after) == expected
 
 
 def test_fine_tuning_keeps_adamw():
@@ -84,7 +87,7 @@ def test_muon_and_wsd_through_the_cli_and_the_optimizer_is_fixed_on_resume(monke
                        "--optimizer", "muon", "--lr", "4e-3", "--schedule", "wsd", "--out", "run")
     assert code == 0, err
     code, out, _ = cli(monkeypatch, capsys, "info", "run")
-    assert "recipe       muon, lr 0.004, weight decay 0.5, wsd schedule, batch 4" in out
+    assert "recipe       muon, lr 0.004, weight decay 0.5, wsd schedule, batch 4, dropout and weight" in out
     assert cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "5")[0] == 0
     code, out, err = cli(monkeypatch, capsys, "train", "--resume", "run", "--max-steps", "6", "--optimizer", "adamw")
     assert_clean_error(code, out, err, match="--optimizer cannot change when resuming")

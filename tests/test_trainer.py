@@ -101,6 +101,25 @@ def test_muon_trains_with_adamw_beside_it_at_one_learning_rate():
     assert len({g["lr"] for g in opt.param_groups}) == 1
 
 
+def test_dropout_and_weight_decay_wait_for_the_passes_regularize_after_names():
+    def regularization(trainer):  # what the step about to run uses
+        model = trainer.model
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        rates |= {b.attn.dropout for b in model.h}
+        return rates, {g["weight_decay"] for g in trainer.optimizer.param_groups}
+
+    trainer = _setup(Hooks(), optimizer="muon", weight_decay=0.05, dropout=0.1, regularize_after=0.1)
+    seen = []
+    for _ in range(10):
+        trainer.train_step()  # sets both for its own step
+        seen.append(regularization(trainer))
+    # 500 of the 5,000 training tokens, 64 a step: the first 8 steps run without either
+    assert seen == [({0.0}, {0.0})] * 8 + [({0.1}, {0.05, 0.0})] * 2
+    always = _setup(Hooks(), optimizer="muon", weight_decay=0.05, dropout=0.1)  # the default, 0: from the start
+    always.train_step()
+    assert regularization(always) == ({0.1}, {0.05, 0.0})
+
+
 def test_cpu_training_uses_fused_adamw_with_the_configured_hyperparameters():
     trainer = _setup(Recorder(), lr=2e-3, beta1=0.8, beta2=0.9, weight_decay=0.05)
     opt = trainer.optimizer
@@ -146,22 +165,24 @@ def test_nan_loss_stops_with_a_clear_error():
     assert rec.checkpoints == []
 
 
-@pytest.mark.parametrize("stop_at, arch, optimizer", [(3, "gpt", "adamw"), (4, "gpt", "adamw"), (9, "gpt", "adamw"),
-                                                       (5, "lstm", "adamw"), (5, "gru", "adamw"), (5, "rnn", "adamw"),
-                                                       (3, "gpt", "muon"), (9, "gpt", "muon"), (5, "lstm", "muon")])
-def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch, optimizer):
+@pytest.mark.parametrize("stop_at, arch, optimizer, after", [
+    (3, "gpt", "adamw", 0), (4, "gpt", "adamw", 0), (9, "gpt", "adamw", 0), (5, "lstm", "adamw", 0),
+    (5, "gru", "adamw", 0), (5, "rnn", "adamw", 0), (3, "gpt", "muon", 0), (9, "gpt", "muon", 0),
+    (5, "lstm", "muon", 0),
+    (5, "gpt", "muon", 0.1), (5, "lstm", "adamw", 0.1)])  # stopped before regularisation starts (step 9)
+def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch, optimizer, after):
     straight = Recorder()
-    _setup(straight, arch=arch, optimizer=optimizer).run()
+    _setup(straight, arch=arch, optimizer=optimizer, regularize_after=after).run()
 
     first = Recorder(stop_at=stop_at)
-    trainer = _setup(first, arch=arch, optimizer=optimizer)
+    trainer = _setup(first, arch=arch, optimizer=optimizer, regularize_after=after)
     assert trainer.run() == "interrupted"
     ckpt.save_resume(tmp_path, trainer.model, trainer.optimizer, trainer.checkpoint_state())
 
     torch.manual_seed(12345)  # scramble everything resume must restore
     np.random.seed(5)
     second = Recorder()
-    resumed = _setup(second, arch=arch, optimizer=optimizer)
+    resumed = _setup(second, arch=arch, optimizer=optimizer, regularize_after=after)
     state = ckpt.load_resume(tmp_path, resumed.model, resumed.optimizer)
     resumed.load_state_dict(state)  # the sampler and the random-number generators too
     assert resumed.run() == "max_steps"
