@@ -51,9 +51,11 @@ def muon(lr: str, weight_decay: str = "0.1", dropout: str = "0", attn_dropout: s
             "--attn-dropout", attn_dropout or dropout, *extra]
 
 
-def after4(*extra: str) -> list[str]:
-    """Muon, dropout 0.2 (none on attention) and weight decay 0.5, both from the fifth pass."""
-    return muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0", extra=("--regularize-after", "4", *extra))
+def beyond4(*extra: str) -> list[str]:
+    """Muon, dropout 0.2 (none on attention) and weight decay 0.5, scaled by the run's passes
+    over its text: none up to 4, all from 8."""
+    return muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0",
+                extra=("--regularize-beyond", "4", *extra))
 
 
 RECIPES = {
@@ -74,13 +76,13 @@ RECIPES = {
     "muon-lr4e-3-dropout0.2": muon("4e-3", dropout="0.2", attn_dropout="0"),
     "muon-lr4e-3-dropout0.3": muon("4e-3", dropout="0.3", attn_dropout="0"),
     "muon-wd0.5-dropout0.2": muon("4e-3", weight_decay="0.5", dropout="0.2", attn_dropout="0"),
-    "muon-wd0.5-dropout0.2-after4": after4(),
+    "muon-wd0.5-dropout0.2-beyond4": beyond4(),
     # the same with one thing changed
-    "after4-wsd": after4("--schedule", "wsd"),
-    "after4-batch8": after4("--batch-size", "8"),
-    "after4-batch32": after4("--batch-size", "32"),
-    "after4-narrow-deep": after4("--n-layer", "6", "--n-embd", "192", "--n-head", "6"),
-    "after4-wide-shallow": after4("--n-layer", "2", "--n-embd", "384", "--n-head", "6"),
+    "beyond4-wsd": beyond4("--schedule", "wsd"),
+    "beyond4-batch8": beyond4("--batch-size", "8"),
+    "beyond4-batch32": beyond4("--batch-size", "32"),
+    "beyond4-narrow-deep": beyond4("--n-layer", "6", "--n-embd", "192", "--n-head", "6"),
+    "beyond4-wide-shallow": beyond4("--n-layer", "2", "--n-embd", "384", "--n-head", "6"),
     "muon-lr4e-3-epochs4": muon("4e-3", extra=("--epochs", "4")),
     "muon-lr4e-3-epochs6": muon("4e-3", extra=("--epochs", "6")),
     "muon-lr4e-3-epochs8": muon("4e-3", extra=("--epochs", "8")),

@@ -93,9 +93,10 @@ class TrainConfig:
     optimizer: str = setting("adamw", "adamw, or muon: Muon for the hidden matrices, AdamW for embeddings, "
                              "biases and norms.", choices=("adamw", "muon"))
     weight_decay: float = setting(0.1, "Weight decay, on matrices only.", low=0.0, high=100.0)
-    regularize_after: float = setting(0.0, "Passes over the training tokens before dropout and weight decay start: "
-                                      "until a run repeats its text, they only slow it down.", low=0.0, high=10**6,
-                                      metavar="PASSES")
+    regularize_beyond: float = setting(0.0, "Dropout and weight decay by how often a run repeats its training "
+                                       "text: none for a run of at most PASSES passes over it, in full from twice "
+                                       "that, in proportion between; 0: always in full. A --max-time run's passes "
+                                       "are estimated from its pace.", low=0.0, high=10**6, metavar="PASSES")
     beta1: float = setting(0.9, "AdamW beta1.", low=0.0, high=1.0, open_high=True, flag="")
     beta2: float = setting(0.95, "AdamW beta2.", low=0.0, high=1.0, open_high=True, flag="")
     grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 disables.", low=0.0, high=1e6)
@@ -139,12 +140,11 @@ PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0),
         "train": dict(batch_size=16, lr=2e-3, warmup_steps=100),  # with --optimizer adamw: the recipe until 2026-11
-        # Muon needs more regularisation: it overfits a 1 MB corpus within 10 minutes
-        # without it, but over the first passes regularisation only slows it down; residual
-        # dropout costs little, attention dropout a quarter of the speed (docs/benchmarks.md,
-        # "Training recipes at equal time")
+        # Muon needs regularisation to see a 1 MB corpus 15 times in 10 minutes, and is
+        # better without it in a run of 5 passes; residual dropout costs little, attention
+        # dropout a quarter of the speed (docs/benchmarks.md, "Training recipes at equal time")
         "muon": dict(optimizer="muon", lr=4e-3, weight_decay=0.5, dropout=0.2, attn_dropout=0.0,
-                     regularize_after=4.0),
+                     regularize_beyond=4.0),
     },
     "small": {
         "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1),

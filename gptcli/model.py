@@ -106,13 +106,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def set_dropout(self, on: bool) -> None:
-        """Dropout at the configured rates, or none (the trainer's --regularize-after)."""
+    def scale_dropout(self, share: float) -> None:
+        """Dropout at this share of the configured rates (the trainer's --regularize-beyond)."""
         for m in self.modules():
             if isinstance(m, nn.Dropout):
-                m.p = self.config.dropout if on else 0.0
+                m.p = share * self.config.dropout
             elif isinstance(m, CausalSelfAttention):
-                m.dropout = self.config.attention_dropout if on else 0.0
+                m.dropout = share * self.config.attention_dropout
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once

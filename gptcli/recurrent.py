@@ -40,9 +40,9 @@ class RecurrentLM(nn.Module):
         self.lm_head.weight = self.wte.weight  # tied, as GPT's
         nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
 
-    def set_dropout(self, on: bool) -> None:
-        """Dropout at the configured rate, or none (the trainer's --regularize-after)."""
-        self.drop.p = self.config.dropout if on else 0.0
+    def scale_dropout(self, share: float) -> None:
+        """Dropout at this share of the configured rate (the trainer's --regularize-beyond)."""
+        self.drop.p = share * self.config.dropout
         if self.config.n_layer > 1:
             self.rnn.dropout = self.drop.p
 

@@ -73,7 +73,7 @@ class Trainer:
         self.state = TrainState()
         self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, self.dist.rank)
         self.optimizer = make_optimizer(model, cfg, self.device)
-        self._weight_decay = [group["weight_decay"] for group in self.optimizer.param_groups]  # off until regularizing
+        self._weight_decay = [group["weight_decay"] for group in self.optimizer.param_groups]  # in full (regularization)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_grad_scaler else None
         self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * self.dist.world
         self._ddp = None  # DistributedDataParallel, made when training starts (after a resume has loaded)
@@ -130,6 +130,21 @@ class Trainer:
         by_time = math.ceil(self.state.step * self.cfg.max_time / self.state.elapsed)
         return by_time if planned is None else min(planned, by_time)
 
+    def regularization(self) -> float:
+        """The share of --dropout and --weight-decay the next step gets (--regularize-beyond
+        N): none for a run of at most N passes over the training tokens, all from 2N, in
+        proportion between. Regularisation pays once a run repeats its text many times;
+        in a short one it only slows learning (docs/benchmarks.md). A time budget's passes
+        come from the pace so far (none is known before the first step)."""
+        beyond = self.cfg.regularize_beyond
+        if beyond == 0:
+            return 1.0
+        steps = self.expected_steps()
+        if steps is None:
+            return 0.0
+        passes = steps * self.tokens_per_step / len(self.train.tokens)
+        return min(max(passes / beyond - 1.0, 0.0), 1.0)
+
     # -- one step -------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         xy = torch.from_numpy(self.sampler.next())
@@ -146,10 +161,10 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns the mean loss (a
         tensor: reading it would force a host sync, so callers do so only when logging)."""
         lr = lr_at(self.state.step, self.cfg, self.state.total_steps, self.state.elapsed)
-        regularize = self.state.tokens_seen >= self.cfg.regularize_after * len(self.train.tokens)
-        self.model.set_dropout(regularize)
+        share = self.regularization()
+        self.model.scale_dropout(share)
         for group, decay in zip(self.optimizer.param_groups, self._weight_decay):
-            group["lr"], group["weight_decay"] = lr, decay if regularize else 0.0
+            group["lr"], group["weight_decay"] = lr, share * decay
         self.model.train()
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):

@@ -55,7 +55,7 @@ def test_info_reports_config_and_summary(monkeypatch, capsys, small_corpus):
     code, out, _ = cli(monkeypatch, capsys, "info", "run")
     assert code == 0 and "parameters" in out and "2 steps" in out
     assert ("recipe       muon, lr 0.004, weight decay 0.5, cosine schedule, batch 4, dropout and weight decay "
-            "after 4 passes") in out  # the tiny preset's
+            "beyond 4 passes") in out  # the tiny preset's
     assert "dropout 0.2 (attention 0.0)" in out
 
 
@@ -63,7 +63,7 @@ def test_info_reports_config_and_summary(monkeypatch, capsys, small_corpus):
     # a new GPT: Muon, with the settings measured with it
     ("tiny", {}, ("muon", 4e-3, 0.5, 0.2, 0.0, 4.0)),
     ("tiny", {"optimizer": "muon", "lr": 1e-3, "dropout": 0.0}, ("muon", 1e-3, 0.5, 0.0, 0.0, 4.0)),  # flags win
-    ("tiny", {"regularize_after": 0.0}, ("muon", 4e-3, 0.5, 0.2, 0.0, 0.0)),
+    ("tiny", {"regularize_beyond": 0.0}, ("muon", 4e-3, 0.5, 0.2, 0.0, 0.0)),
     # --optimizer adamw: the tiny recipe before Muon (2026-11-22), exactly
     ("tiny", {"optimizer": "adamw"}, ("adamw", 2e-3, 0.1, 0.0, 0.0, 0.0)),
     ("tiny", {"arch": "lstm"}, ("adamw", 2e-3, 0.1, 0.0, 0.0, 0.0)),  # the recurrent nets keep AdamW
@@ -74,7 +74,7 @@ def test_info_reports_config_and_summary(monkeypatch, capsys, small_corpus):
 def test_which_recipe_a_preset_gives(preset, given, expected):
     model, train = settings_for(preset, given)
     assert (train.optimizer, train.lr, train.weight_decay, model.dropout, model.attention_dropout,
-            train.regularize_after) == expected
+            train.regularize_beyond) == expected
 
 
 def test_fine_tuning_keeps_adamw():

@@ -101,23 +101,33 @@ def test_muon_trains_with_adamw_beside_it_at_one_learning_rate():
     assert len({g["lr"] for g in opt.param_groups}) == 1
 
 
-def test_dropout_and_weight_decay_wait_for_the_passes_regularize_after_names():
-    def regularization(trainer):  # what the step about to run uses
-        model = trainer.model
-        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-        rates |= {b.attn.dropout for b in model.h}
-        return rates, {g["weight_decay"] for g in trainer.optimizer.param_groups}
+def _regularization(trainer):  # the dropout rates and weight decays the model and optimizer hold
+    model = trainer.model
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] + [b.attn.dropout for b in model.h]
+    return rates, [g["weight_decay"] for g in trainer.optimizer.param_groups]
 
-    trainer = _setup(Hooks(), optimizer="muon", weight_decay=0.05, dropout=0.1, regularize_after=0.1)
-    seen = []
-    for _ in range(10):
-        trainer.train_step()  # sets both for its own step
-        seen.append(regularization(trainer))
-    # 500 of the 5,000 training tokens, 64 a step: the first 8 steps run without either
-    assert seen == [({0.0}, {0.0})] * 8 + [({0.1}, {0.05, 0.0})] * 2
-    always = _setup(Hooks(), optimizer="muon", weight_decay=0.05, dropout=0.1)  # the default, 0: from the start
-    always.train_step()
-    assert regularization(always) == ({0.1}, {0.05, 0.0})
+
+# 16 steps of 64 tokens over 5,000 training tokens: the run makes 0.2048 passes
+@pytest.mark.parametrize("beyond, share", [(0, 1.0), (0.3, 0.0), (0.2048, 0.0), (0.16384, 0.25), (0.1024, 1.0),
+                                           (0.05, 1.0)])
+def test_dropout_and_weight_decay_grow_with_the_passes_a_run_makes(beyond, share):
+    trainer = _setup(Hooks(), optimizer="muon", weight_decay=0.05, dropout=0.1, regularize_beyond=beyond)
+    assert trainer.regularization() == pytest.approx(share)
+    trainer.train_step()  # sets both for its own step
+    rates, decays = _regularization(trainer)
+    assert rates == pytest.approx([0.1 * share] * len(rates)) and len(rates) == 4  # 3 nn.Dropout, 1 attention
+    assert decays == pytest.approx([0.05 * share, 0.0, 0.05 * share])  # AdamW's matrices, its gains, Muon's
+
+
+def test_a_time_budget_regularizes_by_the_passes_its_pace_allows():
+    trainer = _setup(Hooks(), max_steps=None, max_time=10.0, regularize_beyond=0.64, dropout=0.1)
+    assert trainer.regularization() == 0.0  # no pace known yet
+    trainer.state.step, trainer.state.elapsed = 10, 1.0  # 100 steps in the budget: 1.28 passes
+    assert trainer.regularization() == 1.0
+    trainer.state.elapsed = 2.0  # half the pace: 0.64 passes
+    assert trainer.regularization() == 0.0
+    trainer.state.elapsed = 1.6  # 63 steps: 0.8064 passes
+    assert trainer.regularization() == pytest.approx(0.26)
 
 
 def test_cpu_training_uses_fused_adamw_with_the_configured_hyperparameters():
@@ -169,20 +179,20 @@ def test_nan_loss_stops_with_a_clear_error():
     (3, "gpt", "adamw", 0), (4, "gpt", "adamw", 0), (9, "gpt", "adamw", 0), (5, "lstm", "adamw", 0),
     (5, "gru", "adamw", 0), (5, "rnn", "adamw", 0), (3, "gpt", "muon", 0), (9, "gpt", "muon", 0),
     (5, "lstm", "muon", 0),
-    (5, "gpt", "muon", 0.1), (5, "lstm", "adamw", 0.1)])  # stopped before regularisation starts (step 9)
+    (5, "gpt", "muon", 0.16384), (5, "lstm", "adamw", 0.16384)])  # a quarter of the dropout and weight decay
 def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch, optimizer, after):
     straight = Recorder()
-    _setup(straight, arch=arch, optimizer=optimizer, regularize_after=after).run()
+    _setup(straight, arch=arch, optimizer=optimizer, regularize_beyond=after).run()
 
     first = Recorder(stop_at=stop_at)
-    trainer = _setup(first, arch=arch, optimizer=optimizer, regularize_after=after)
+    trainer = _setup(first, arch=arch, optimizer=optimizer, regularize_beyond=after)
     assert trainer.run() == "interrupted"
     ckpt.save_resume(tmp_path, trainer.model, trainer.optimizer, trainer.checkpoint_state())
 
     torch.manual_seed(12345)  # scramble everything resume must restore
     np.random.seed(5)
     second = Recorder()
-    resumed = _setup(second, arch=arch, optimizer=optimizer, regularize_after=after)
+    resumed = _setup(second, arch=arch, optimizer=optimizer, regularize_beyond=after)
     state = ckpt.load_resume(tmp_path, resumed.model, resumed.optimizer)
     resumed.load_state_dict(state)  # the sampler and the random-number generators too
     assert resumed.run() == "max_steps"

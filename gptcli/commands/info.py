@@ -52,8 +52,8 @@ class InfoResult:
                              f"weight decay {recipe.get('weight_decay', 0):g}, "
                              f"{recipe.get('schedule', 'cosine')} schedule, batch {recipe.get('batch_size')}"
                              + (f" x {recipe['grad_accum']}" if recipe.get("grad_accum", 1) > 1 else "")
-                             + (f", dropout and weight decay after {recipe['regularize_after']:g} passes"
-                                if recipe.get("regularize_after") else ""))
+                             + (f", dropout and weight decay beyond {recipe['regularize_beyond']:g} passes"
+                                if recipe.get("regularize_beyond") else ""))
             if tr.get("best_val_loss") is not None:
                 bpb = tr.get("best_val_bpb")
                 lines.append(f"best val     loss {tr['best_val_loss']:.4f} at step {tr.get('best_step')}"
