@@ -37,7 +37,7 @@ SHAKESPEARE = ROOT / "gptcli" / "assets" / "tinyshakespeare.txt"
 # a name measured does not move with the preset. `baseline` is the tiny preset's recipe
 # until 2026-11-22 (AdamW, lr 2e-3, weight decay 0.1, no dropout, batch 16, 4 x 256,
 # cosine), which `--optimizer adamw` still gives; `default` is whatever the preset is when
-# the benchmark runs (since 2026-11-22 the settings of muon-wd0.5-dropout0.2).
+# the benchmark runs (since 2026-11-22 the settings of muon-wd0.5-dropout0.2-beyond4).
 
 
 def adamw(*flags: str) -> list[str]:
