@@ -73,7 +73,7 @@ class Trainer:
         self.state = TrainState()
         self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, self.dist.rank)
         self.optimizer = make_optimizer(model, cfg, self.device)
-        self._weight_decay = [group["weight_decay"] for group in self.optimizer.param_groups]  # in full (regularization)
+        self._weight_decay = [group["weight_decay"] for group in self.optimizer.param_groups]  # before regularization()
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_grad_scaler else None
         self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * self.dist.world
         self._ddp = None  # DistributedDataParallel, made when training starts (after a resume has loaded)
