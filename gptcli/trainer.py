@@ -39,6 +39,7 @@ class TrainState:
     best_step: int | None = None
     evals_since_best: int = 0
     last_eval: dict = field(default_factory=dict)
+    regularization: float | None = None  # the share of dropout and weight decay, once settled
 
 
 class Hooks:
@@ -74,6 +75,8 @@ class Trainer:
         self.sampler = BatchSampler(train.tokens, self.block_size, cfg.batch_size, cfg.seed, self.dist.rank)
         self.optimizer = make_optimizer(model, cfg, self.device)
         self._weight_decay = [group["weight_decay"] for group in self.optimizer.param_groups]  # before regularization()
+        self._dropout_share: float | None = None  # what the model's dropout rates are scaled by now
+        self._pace_from: tuple[int, float] | None = None  # (step, elapsed) after this process's first step
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_grad_scaler else None
         self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum * self.dist.world
         self._ddp = None  # DistributedDataParallel, made when training starts (after a resume has loaded)
@@ -131,19 +134,37 @@ class Trainer:
         return by_time if planned is None else min(planned, by_time)
 
     def regularization(self) -> float:
-        """The share of --dropout and --weight-decay the next step gets (--regularize-beyond
+        """The share of --dropout and --weight-decay the run trains with (--regularize-beyond
         N): none for a run of at most N passes over the training tokens, all from 2N, in
         proportion between. Regularisation pays once a run repeats its text many times;
-        in a short one it only slows learning (docs/benchmarks.md). A time budget's passes
-        come from the pace so far (none is known before the first step)."""
-        beyond = self.cfg.regularize_beyond
-        if beyond == 0:
+        in a short one it only slows learning (docs/benchmarks.md). Settled once and then
+        held, since a torch.compile'd model recompiles for every new dropout rate; until
+        then (a time budget's warmup) the run trains without."""
+        if self.cfg.regularize_beyond == 0:
             return 1.0
-        steps = self.expected_steps()
-        if steps is None:
-            return 0.0
-        passes = steps * self.tokens_per_step / len(self.train.tokens)
-        return min(max(passes / beyond - 1.0, 0.0), 1.0)
+        if self.state.regularization is None:
+            steps = self._steps_to_regularize_for()
+            if steps is None:
+                return 0.0
+            passes = steps * self.tokens_per_step / len(self.train.tokens)
+            self.state.regularization = min(max(passes / self.cfg.regularize_beyond - 1.0, 0.0), 1.0)
+        return self.state.regularization
+
+    def _steps_to_regularize_for(self) -> int | None:
+        """The step limit, or the steps a time budget allows at the pace of its warmup
+        (None until that is over), timed from this process's first step on: the first
+        pays for start-up and compiling."""
+        planned = self.planned_steps()
+        if self.cfg.max_time is None:
+            return planned
+        if self._pace_from is None:
+            return None
+        step, elapsed = self.state.step, self.state.elapsed
+        timed = step - self._pace_from[0]
+        if timed < 10 or (step < self.cfg.warmup_steps and elapsed < self.cfg.max_time / 10):  # as lr_at's warmup
+            return None
+        by_time = step + math.ceil(timed * (self.cfg.max_time - elapsed) / (elapsed - self._pace_from[1]))
+        return by_time if planned is None else min(planned, by_time)
 
     # -- one step -------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +183,9 @@ class Trainer:
         tensor: reading it would force a host sync, so callers do so only when logging)."""
         lr = lr_at(self.state.step, self.cfg, self.state.total_steps, self.state.elapsed)
         share = self.regularization()
-        self.model.scale_dropout(share)
+        if share != self._dropout_share:
+            self.model.scale_dropout(share)
+            self._dropout_share = share
         for group, decay in zip(self.optimizer.param_groups, self._weight_decay):
             group["lr"], group["weight_decay"] = lr, share * decay
         self.model.train()
@@ -248,6 +271,8 @@ class Trainer:
             loss_n += 1
             interval_tokens += self.tokens_per_step
             self._tick()
+            if self._pace_from is None:
+                self._pace_from = (self.state.step, self.state.elapsed)
             step = self.state.step
             if self.dist.main:
                 self.hooks.on_step(self)

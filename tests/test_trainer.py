@@ -119,15 +119,23 @@ def test_dropout_and_weight_decay_grow_with_the_passes_a_run_makes(beyond, share
     assert decays == pytest.approx([0.05 * share, 0.0, 0.05 * share])  # AdamW's matrices, its gains, Muon's
 
 
-def test_a_time_budget_regularizes_by_the_passes_its_pace_allows():
-    trainer = _setup(Hooks(), max_steps=None, max_time=10.0, regularize_beyond=0.64, dropout=0.1)
-    assert trainer.regularization() == 0.0  # no pace known yet
-    trainer.state.step, trainer.state.elapsed = 10, 1.0  # 100 steps in the budget: 1.28 passes
-    assert trainer.regularization() == 1.0
-    trainer.state.elapsed = 2.0  # half the pace: 0.64 passes
-    assert trainer.regularization() == 0.0
-    trainer.state.elapsed = 1.6  # 63 steps: 0.8064 passes
-    assert trainer.regularization() == pytest.approx(0.26)
+def test_a_time_budget_regularizes_by_the_passes_its_warmup_pace_allows_and_holds_it():
+    def share_at(step, elapsed):  # timed from (1, 0.5): the first step took half a second (start-up)
+        trainer = _setup(Hooks(), max_steps=None, max_time=10.0, warmup_steps=20, regularize_beyond=0.64, dropout=0.1)
+        trainer._pace_from = (1, 0.5)
+        trainer.state.step, trainer.state.elapsed = step, elapsed
+        return trainer, trainer.regularization()
+
+    assert _setup(Hooks(), max_steps=None, max_time=10.0, regularize_beyond=0.64).regularization() == 0.0  # no pace
+    assert share_at(11, 0.9)[1] == 0.0  # still warming up (20 steps or a tenth of the budget)
+    assert share_at(5, 2.0)[1] == 0.0  # too few steps timed
+    assert share_at(11, 1.2)[1] == 1.0  # 14 steps a second: 137 steps in the budget, 1.7536 passes
+    assert share_at(11, 1.5)[1] == pytest.approx(0.92)  # 10 a second: 96 steps, 1.2288 passes
+    assert share_at(21, 5.0)[1] == 0.0  # 4.4 a second: 44 steps, 0.5632 passes
+    trainer, share = share_at(11, 2.0)  # 6.7 a second: 65 steps, 0.832 passes
+    assert share == pytest.approx(0.3)
+    trainer.state.step, trainer.state.elapsed = 50, 3.0  # a faster pace later does not move it
+    assert trainer.regularization() == pytest.approx(0.3)
 
 
 def test_cpu_training_uses_fused_adamw_with_the_configured_hyperparameters():
