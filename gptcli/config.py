@@ -96,7 +96,8 @@ class TrainConfig:
     regularize_beyond: float = setting(0.0, "Dropout and weight decay by how often a run repeats its training "
                                        "text: none for a run of at most PASSES passes over it, in full from twice "
                                        "that, in proportion between; 0: always in full. A --max-time run's passes "
-                                       "are estimated after its warmup, which runs without.", low=0.0, high=10**6, metavar="PASSES")
+                                       "are estimated after its warmup, which runs without.", low=0.0, high=10**6,
+                                       metavar="PASSES")
     beta1: float = setting(0.9, "AdamW beta1.", low=0.0, high=1.0, open_high=True, flag="")
     beta2: float = setting(0.95, "AdamW beta2.", low=0.0, high=1.0, open_high=True, flag="")
     grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 disables.", low=0.0, high=1e6)
