@@ -199,7 +199,8 @@ def compare_shape(shape: str, args, out: list[dict]) -> None:
             if args.quality and shape == "tiny":
                 print_quality(folder / "run")
             if args.cli and shape == "tiny":
-                print_cli(folder / "run", prompts, args)
+                peer = {r["case"]: r["tok_s"].get("ctranslate2") for r in out if r["shape"] == shape}
+                print_cli(folder / "run", prompts, args, peer)
         finally:
             for w in workers.values():
                 w.close()
@@ -262,13 +263,14 @@ def print_quality(run: Path) -> None:
               f"({len(ids):,} tokens, windows of {block}, scored through FastDecoder.step)", flush=True)
 
 
-def print_cli(run: Path, prompts: dict, args) -> None:
-    """What a user sees: `gptcli generate --json`'s tokens_per_second, median of --repeats."""
+def print_cli(run: Path, prompts: dict, args, peer: dict[str, float | None]) -> None:
+    """What a user sees: `gptcli generate --json`'s tokens_per_second, median of --repeats,
+    and its ratio to CTranslate2's figure for the same case in this run (`peer`)."""
     from gptcli.tokenizer import BPETokenizer
 
     text = BPETokenizer.load(run / "tokenizer.json").decode(prompts["greedy"][0])
     for dtype in ("float32", "int8"):
-        for flags in (["--greedy"], ["--beams", "4"]):
+        for case, flags in (("greedy", ["--greedy"]), ("beam4", ["--beams", "4"])):
             rates = []
             for _ in range(args.repeats):
                 time.sleep(args.pause)
@@ -276,9 +278,10 @@ def print_cli(run: Path, prompts: dict, args) -> None:
                                        "-n", str(args.new), "--dtype", dtype, "--json", *flags],
                                       capture_output=True, text=True, check=True)
                 rates.append(json.loads(done.stdout)["tokens_per_second"])
+            ratio = f", {statistics.median(rates) / peer[case]:.2f}x ctranslate2" if peer.get(case) else ""
             print(f"cli      gptcli generate {' '.join(flags)} --dtype {dtype}: tokens_per_second "
                   f"{statistics.median(rates):,.0f} (median of {len(rates)}; min {min(rates):,.0f}, "
-                  f"max {max(rates):,.0f})", flush=True)
+                  f"max {max(rates):,.0f}){ratio}", flush=True)
 
 
 def main() -> None:

@@ -198,20 +198,23 @@ class FastDecoder:
         if cache.pos >= self.cfg.block_size:
             raise ValueError(f"sequence of {cache.pos + 1} tokens exceeds block_size {self.cfg.block_size}")
         x = self.model.embed(tokens, self.next_pos)  # (B, n_embd)
+        if cache.slots is not None:  # after a reorder the rows run in the cache's buffer order
+            x = x.index_select(0, cache.rows_in_slot)
         mask = cache.step_mask()
         (B, C), nh, eps, shape = x.shape, self.cfg.n_head, self.cfg.layer_norm_eps, (self.cfg.n_embd,)
         if self._step_matmuls is None:
             self._step_matmuls = self._matmuls(B)
         layers, (ln_f, head) = self._step_matmuls
-        for layer, (ln_1, qkv_mm, proj_mm, ln_2, fc_mm, out_mm) in enumerate(layers):
-            qkv = qkv_mm(F.layer_norm(x, shape, *ln_1, eps)).view(B, 3, nh, C // nh)
-            keys, values = cache.append(layer, qkv[:, 1:])  # (B, nh, S, hd) each
-            y = F.scaled_dot_product_attention(qkv.select(1, 0).unsqueeze(2), keys, values, attn_mask=mask)
+        for (ln_1, qkv_mm, proj_mm, ln_2, fc_mm, out_mm), (slot, keys, values) in zip(layers, cache.step_views()):
+            qkv = qkv_mm(F.layer_norm(x, shape, *ln_1, eps)).view(B, 3, nh, 1, C // nh)
+            slot.copy_(qkv[:, 1:])
+            y = F.scaled_dot_product_attention(qkv.select(1, 0), keys, values, attn_mask=mask)
             proj_mm.add_to(x, y.view(B, C))  # x is this step's own tensor: updated in place
             out_mm.add_to(x, fc_mm(F.layer_norm(x, shape, *ln_2, eps)))
         cache.advance(1)
         self.next_pos = self.next_pos + 1
-        return head(F.layer_norm(x, shape, *ln_f, eps))
+        logits = head(F.layer_norm(x, shape, *ln_f, eps))
+        return logits if cache.slots is None else logits.index_select(0, cache.slots)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""

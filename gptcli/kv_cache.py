@@ -16,25 +16,29 @@ from gptcli.config import ModelConfig
 class KVCache:
     """Preallocated keys and values for every layer, plus which positions hold real tokens.
 
-    One buffer `kv` of shape (2, n_layer, B, n_head, max_len, head_dim): keys at [0],
-    values at [1], so that a decoding step stores both in one copy and beam search moves
-    a row's whole history in one gather. `pos` counts the positions already stored; the
-    model writes layer by layer, then calls `advance` once per forward. Left-padded
-    batches mark their padding in `valid` so attention skips it."""
+    One buffer `kv` of shape (n_layer, B, 2, n_head, max_len, head_dim), keys before
+    values, in the order the fused q/k/v product leaves them, so that a decoding step
+    stores a layer's keys and values in one copy. `pos` counts the
+    positions already stored; the model writes layer by layer, then calls `advance` once
+    per forward. Left-padded batches mark their padding in `valid` so attention skips it.
+
+    Beam search's `reorder` relabels rows instead of moving them: after it, row i of the
+    batch lives in buffer row `slots[i]` (None: row i in row i), and the one-token steps
+    that follow (FastDecoder.step) run in buffer order, permuting their input and output.
+    Only a row that two beams continue is copied."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, *, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.max_len = max_len or cfg.block_size
-        self._use(torch.zeros((2, cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim),
-                              device=device, dtype=dtype))
+        # empty, not zeros: a position is written (prompt, padding or step) before anything
+        # reads it, and zeroing the tiny model's 4 MB took 85 us a generation
+        self.kv = torch.empty((cfg.n_layer, batch_size, 2, cfg.n_head, self.max_len, cfg.head_dim),
+                              device=device, dtype=dtype)
         self.valid = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)  # (B, max_len)
         self.padded = False  # whether any stored position is padding
         self.pos = 0
-
-    def _use(self, kv: torch.Tensor) -> None:
-        """Make kv the buffer, with its per-layer views (2, B, n_head, max_len, head_dim) for `append`."""
-        self.kv = kv
-        self._layers = kv.unbind(1)
+        self.slots: torch.Tensor | None = None  # (B,) the buffer row of each batch row; None: the same row
+        self.rows_in_slot: torch.Tensor | None = None  # (B,) the batch row in each buffer row (the inverse)
 
     def mark_padding(self, valid: torch.Tensor) -> None:
         """valid (B, T): False where the next T positions are left padding."""
@@ -43,24 +47,26 @@ class KVCache:
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's (B, n_head, T, head_dim) keys/values; return all so far."""
+        if self.slots is not None:
+            raise ValueError("a reordered cache takes one-token steps (FastDecoder.step) only")
         end = self.pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        keys, values = self.kv[0, layer], self.kv[1, layer]
+        keys, values = self.kv[layer].unbind(1)
         keys[:, :, self.pos:end] = k
         values[:, :, self.pos:end] = v
         return keys[:, :, :end], values[:, :, :end]
 
-    def append(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`store` for one new position, the fast decoder's path: kv (B, 2, n_head,
-        head_dim) holds its keys and values side by side, as the fused q/k/v product
-        leaves them; one copy stores both."""
+    def step_views(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """For one new position, the fast decoder's path, per layer: the slot to copy this
+        step's keys and values into, (B, 2, n_head, 1, head_dim) as the fused q/k/v
+        product leaves them, and the keys and values up to it, (B, n_head, pos + 1,
+        head_dim) each. Views made once a step for every layer (a layer's own slicing
+        costs as much as its copy)."""
         if self.pos >= self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos + 1} were asked for")
-        layer_kv = self._layers[layer]  # (2, B, n_head, max_len, head_dim)
-        layer_kv.select(3, self.pos).copy_(kv.transpose(0, 1))
-        upto = layer_kv.narrow(3, 0, self.pos + 1)
-        return upto[0], upto[1]
+        keys, values = self.kv.narrow(4, 0, self.pos + 1).unbind(2)  # (n_layer, B, n_head, pos + 1, head_dim)
+        return list(zip(self.kv.narrow(4, self.pos, 1).unbind(0), keys.unbind(0), values.unbind(0)))
 
     def step_mask(self) -> torch.Tensor | None:
         """The attention mask for one new query: (B, 1, 1, S) where padding was stored, else None."""
@@ -70,33 +76,43 @@ class KVCache:
         self.pos += n
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
-        if rows.numel() != self.kv.size(2):  # the batch changes size: new buffers
-            self._use(self.kv.index_select(2, rows))
+        """Batch row i continues batch row rows[i] (beam search: each new beam continues an
+        old one). A new batch size gathers into a new buffer; the same size relabels the
+        buffer rows (`slots`): the first beam to continue a row takes that row as it is,
+        and each further one gets a copy of its filled positions in a row no beam
+        continues. Beam steps mostly keep good beams and drop poor ones, so this copies
+        about one row a step where moving every row to its new place took several
+        (docs/benchmarks.md, "Generation kernels")."""
+        slots = list(range(self.kv.size(1))) if self.slots is None else self.slots.tolist()
+        wanted = [slots[j] for j in rows.tolist()]  # the buffer row holding each new row's history
+        if len(wanted) != len(slots):  # the batch changes size: new buffers, in batch order
+            index = torch.tensor(wanted, device=self.kv.device)
+            self.kv = self.kv.index_select(1, index)
+            self.valid = self.valid.index_select(0, index)
+            self.slots = self.rows_in_slot = None
+            return
+        taken = set()
+        for i, src in enumerate(wanted):
+            if src in taken:
+                wanted[i] = -1 - src  # a second reader: gets a copy below
+            taken.add(src)
+        free = [r for r in range(len(slots)) if r not in taken]
+        live = self.kv.narrow(4, 0, self.pos)  # (n_layer, B, 2, n_head, pos, head_dim)
+        for i, src in enumerate(wanted):
+            if src < 0:
+                dst, src = free.pop(), -1 - src
+                live.select(1, dst).copy_(live.select(1, src))
+                if self.padded:
+                    self.valid[dst] = self.valid[src]
+                wanted[i] = dst
+        if wanted == list(range(len(wanted))):
+            self.slots = self.rows_in_slot = None
         else:
-            self._move_rows(rows.tolist())
-        if self.padded or rows.numel() != self.valid.size(0):
-            self.valid = self.valid.index_select(0, rows)
-
-    def _move_rows(self, order: list[int]) -> None:
-        """Row i takes row order[i]'s history, in place, copying only the rows that change
-        and only their filled positions: a row is overwritten once no other row still
-        needs to read it, and a cycle parks one row in a temporary. Beam steps mostly
-        copy a good beam over a dropped one, so this moves far fewer bytes than a
-        gather of every row (docs/benchmarks.md, "Generation kernels")."""
-        live = self.kv.narrow(4, 0, self.pos)  # (2, n_layer, B, n_head, pos, head_dim)
-        pending: dict[int, int | torch.Tensor] = {i: j for i, j in enumerate(order) if i != j}  # dst -> src
-        while pending:
-            still_read = {j for j in pending.values() if isinstance(j, int)}
-            free = [i for i in pending if i not in still_read]
-            if not free:  # a cycle: keep one row's history aside, and let its readers read that
-                parked = next(iter(pending))
-                copy = live.select(2, parked).clone()
-                pending = {i: copy if j == parked else j for i, j in pending.items()}
-                continue
-            for i in free:
-                j = pending.pop(i)
-                live.select(2, i).copy_(j if isinstance(j, torch.Tensor) else live.select(2, j))
+            inverse = [0] * len(wanted)
+            for i, slot in enumerate(wanted):
+                inverse[slot] = i
+            self.slots = torch.tensor(wanted, device=self.kv.device)
+            self.rows_in_slot = torch.tensor(inverse, device=self.kv.device)
 
     def attention_mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
         """(mask, is_causal) for T new queries after the stored positions."""

@@ -285,19 +285,57 @@ def test_int8_is_refused_off_the_cpu_and_unknown_weights_anywhere():
             FastDecoder(model.cuda(), "int8")
 
 
-def test_cache_reorder_in_place_equals_a_gather_for_every_order():
-    """Every order of 4 rows (duplicates, swaps, cycles, identity): the filled positions
-    equal index_select's result, and positions past them are never touched."""
+def _batch_rows(cache: KVCache) -> torch.Tensor:
+    """The cache's keys and values in batch order, whatever its slots."""
+    return cache.kv if cache.slots is None else cache.kv.index_select(1, cache.slots)
+
+
+def test_cache_reorder_relabels_and_equals_a_gather_for_every_order():
+    """Every order of 4 rows (duplicates, swaps, cycles, identity), after a first reorder
+    that already relabelled rows: in batch order the filled positions equal index_select's
+    result, positions past them are never touched, and only rows that a second beam
+    continues are written (one copy each)."""
     cfg = ModelConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=8)
-    for order in itertools.product(range(4), repeat=4):
-        cache = KVCache(cfg, batch_size=4)
-        cache.kv.copy_(torch.randn_like(cache.kv))
-        cache.advance(5)
-        before = cache.kv.clone()
-        cache.reorder(torch.tensor(order))
-        torch.testing.assert_close(cache.kv[..., :5, :], before[..., :5, :].index_select(2, torch.tensor(order)),
-                                   rtol=0, atol=0)
-        assert torch.equal(cache.kv[..., 5:, :], before[..., 5:, :])
+    for first in ([1, 2, 3, 0], [0, 0, 2, 3]):
+        for order in itertools.product(range(4), repeat=4):
+            cache = KVCache(cfg, batch_size=4)
+            cache.kv.copy_(torch.randn_like(cache.kv))
+            cache.advance(5)
+            cache.reorder(torch.tensor(first))
+            before, buffer = _batch_rows(cache).clone(), cache.kv.clone()
+            cache.reorder(torch.tensor(order))
+            torch.testing.assert_close(_batch_rows(cache)[..., :5, :],
+                                       before[..., :5, :].index_select(1, torch.tensor(order)), rtol=0, atol=0)
+            assert torch.equal(cache.kv[..., 5:, :], buffer[..., 5:, :])
+            written = sum(not torch.equal(cache.kv[:, r], buffer[:, r]) for r in range(4))
+            assert written <= len(order) - len(set(order))
+            if cache.slots is not None:
+                assert cache.rows_in_slot[cache.slots].tolist() == [0, 1, 2, 3]
+
+
+def test_cache_reorder_to_another_batch_size_gathers_in_batch_order():
+    cfg = ModelConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=8)
+    cache = KVCache(cfg, batch_size=3)
+    cache.kv.copy_(torch.randn_like(cache.kv))
+    cache.advance(4)
+    cache.reorder(torch.tensor([2, 0, 1]))  # relabelled
+    before = _batch_rows(cache).clone()
+    cache.reorder(torch.tensor([1, 1, 0, 2, 2]))
+    assert cache.slots is None and cache.kv.size(1) == 5
+    torch.testing.assert_close(cache.kv[..., :4, :], before[..., :4, :].index_select(1, torch.tensor([1, 1, 0, 2, 2])),
+                               rtol=0, atol=0)
+
+
+def test_a_reordered_cache_refuses_the_models_own_forward():
+    """The model's forward writes rows in batch order; after a relabelling reorder that
+    would put them in the wrong buffer rows, so it is refused rather than wrong."""
+    model = tiny()
+    cache = KVCache(model.config, batch_size=2)
+    with torch.no_grad():
+        model(torch.randint(0, 300, (2, 3)), kv_cache=cache)
+        cache.reorder(torch.tensor([1, 0]))
+        with pytest.raises(ValueError, match="one-token steps"):
+            model(torch.randint(0, 300, (2, 1)), kv_cache=cache)
 
 
 def test_fast_decoder_refuses_training_mode_and_replaced_parameters():
