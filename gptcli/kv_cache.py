@@ -85,9 +85,13 @@ class KVCache:
         (docs/benchmarks.md, "Generation kernels")."""
         slots = list(range(self.kv.size(1))) if self.slots is None else self.slots.tolist()
         wanted = [slots[j] for j in rows.tolist()]  # the buffer row holding each new row's history
-        if len(wanted) != len(slots):  # the batch changes size: new buffers, in batch order
+        if len(wanted) != len(slots):  # the batch changes size: a new buffer, in batch order
             index = torch.tensor(wanted, device=self.kv.device)
-            self.kv = self.kv.index_select(1, index)
+            kv = self.kv.new_empty((self.kv.size(0), len(wanted), *self.kv.shape[2:]))
+            # only the filled positions: gathering the whole buffer (512 positions for the
+            # tiny model) took 3.7 ms when beam search went from its prompt's row to 4
+            torch.index_select(self.kv.narrow(4, 0, self.pos), 1, index, out=kv.narrow(4, 0, self.pos))
+            self.kv = kv
             self.valid = self.valid.index_select(0, index)
             self.slots = self.rows_in_slot = None
             return
