@@ -14,10 +14,12 @@ Each engine runs in its own worker process (two OpenMP runtimes in one process s
 other down: CTranslate2's threads spin after each call), the workers take turns with a
 pause between, and each figure is the median over --repeats runs. Greedy and beam tokens
 are compared with CTranslate2's and transformers' in float32: gptcli in float32 must equal
-both; int8 weights (gptcli's, and CTranslate2's as a second yardstick) change some
-tokens, so --quality scores gptcli's int8 against its float32 in bits per byte instead.
+both. Reduced-precision weights (gptcli's float16 and int8, and CTranslate2's int8 as a
+second yardstick) may change tokens: the table says whether they did, and --quality
+scores gptcli's float16 and int8 against its float32 in bits per byte. gptcli's engines
+run on the threads `gptcli generate` uses (one for float16, see decoders.decode_threads).
 --cli also times what a user runs, `gptcli generate --json`, and reports its
-tokens_per_second.
+tokens_per_second and its ratio to CTranslate2's figure of the same run.
 
     pip install -e ".[dev]" && python benchmarks/generate.py            # every shape
     python benchmarks/generate.py --shapes tiny --repeats 7 --cli --quality
@@ -35,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("gptcli", "gptcli-int8", "ctranslate2", "ctranslate2-int8", "transformers")
+ENGINES = ("gptcli", "gptcli-fp16", "gptcli-int8", "ctranslate2", "ctranslate2-int8", "transformers")
 CASES = ("greedy", "topk", "beam4", "batch8", "prompts64")
 SHAPES = ("tiny", "small", "medium", "gpt2")
 CORPUS = Path(__file__).resolve().parents[1] / "gptcli" / "assets" / "tinyshakespeare.txt"
@@ -51,11 +53,12 @@ def load_engine(engine: str, folder: Path, threads: int):
 
         from gptcli import checkpoint as ckpt
         from gptcli.config import SampleConfig
+        from gptcli.decoders import decode_threads
         from gptcli.decoding import beam_search, decode_steps
 
-        torch.set_num_threads(threads)
+        weights = {"gptcli": "float32", "gptcli-fp16": "float16", "gptcli-int8": "int8"}[engine]
+        torch.set_num_threads(decode_threads(weights) or threads)  # as `gptcli generate` does
         model, _, _ = ckpt.load_run(folder / "run")
-        weights = "int8" if engine.endswith("int8") else "float32"
 
         def run(case, prompts, new):
             with torch.inference_mode():
@@ -226,8 +229,8 @@ def measure(case: str, prompts: list[list[int]], workers: dict[str, Worker], arg
 def print_row(row: dict, engines: list[str]) -> None:
     tps = row["tok_s"]
     cells = "  ".join(f"{e} {tps[e]:>7,.0f}" for e in engines)
-    pairs = [("gptcli", "ctranslate2"), ("gptcli", "transformers"), ("gptcli-int8", "ctranslate2"),
-             ("gptcli-int8", "ctranslate2-int8")]
+    pairs = [("gptcli", "ctranslate2"), ("gptcli", "transformers"), ("gptcli-fp16", "ctranslate2"),
+             ("gptcli-int8", "ctranslate2"), ("gptcli-int8", "ctranslate2-int8")]
     ratios = "  ".join(f"{a}/{b} {tps[a] / tps[b]:.2f}x" for a, b in pairs if a in tps and b in tps)
     same = ""
     if "identical" in row:
@@ -237,7 +240,7 @@ def print_row(row: dict, engines: list[str]) -> None:
 
 
 def print_quality(run: Path) -> None:
-    """Bits per byte of the held-out last 10% under float32 and int8 weights, scored
+    """Bits per byte of the held-out last 10% under float32, float16 and int8 weights, scored
     through the decoder's own step (teacher forcing), the path generation takes."""
     import torch
 
@@ -249,7 +252,7 @@ def print_quality(run: Path) -> None:
     held_out = text[int(len(text) * 0.9):]
     ids, n_bytes = tok.encode(held_out), len(held_out.encode("utf-8"))
     block = model.config.block_size
-    for weights in ("float32", "int8"):
+    for weights in ("float32", "float16", "int8"):
         decoder, nats = FastDecoder(model, weights), 0.0
         with torch.inference_mode():
             for start in range(0, len(ids) - 1, block):
@@ -269,7 +272,7 @@ def print_cli(run: Path, prompts: dict, args, peer: dict[str, float | None]) -> 
     from gptcli.tokenizer import BPETokenizer
 
     text = BPETokenizer.load(run / "tokenizer.json").decode(prompts["greedy"][0])
-    for dtype in ("float32", "int8"):
+    for dtype in ("float32", "float16", "int8"):
         for case, flags in (("greedy", ["--greedy"]), ("beam4", ["--beams", "4"])):
             rates = []
             for _ in range(args.repeats):
@@ -294,7 +297,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="threads per engine")
     ap.add_argument("--pause", type=float, default=0.3, help="seconds between runs")
-    ap.add_argument("--quality", action="store_true", help="int8 against float32 in bits per byte (tiny)")
+    ap.add_argument("--quality", action="store_true", help="float16 and int8 against float32 in bits per byte (tiny)")
     ap.add_argument("--cli", action="store_true", help="time `gptcli generate` too (tiny)")
     ap.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
     ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)

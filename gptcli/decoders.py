@@ -6,6 +6,7 @@ rows for beam search. Know nothing of sampling, text or files.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -16,11 +17,25 @@ from gptcli.kv_cache import KVCache
 from gptcli.model import GPT
 from gptcli.recurrent import RecurrentLM
 
-WEIGHTS = ("float32", "int8")  # how generation holds the weight matrices
+WEIGHTS = ("float32", "float16", "int8")  # how generation holds the weight matrices
+REDUCED = ("float16", "int8")  # the CPU-only kinds, for GPT models
 
 # model -> {(weights, rows): (parameter versions, prepared Matmuls)}: preparing (packing,
 # quantizing) costs as much as tens of decoding steps, so every decoder of a model reuses it
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def has_fp16_kernel() -> bool:
+    """Whether this torch has FBGEMM's float16-weight product (x86 CPUs with AVX2)."""
+    return hasattr(torch, "fbgemm_linear_fp16_weight_fp32_activation") and \
+        "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def decode_threads(weights: str) -> int | None:
+    """The thread count that decodes fastest with these weights, where it is not torch's
+    default: float16's kernel runs on one core, and a second thread only costs (4 beams
+    on the tiny model: 487 against 585 us a token with two; docs/benchmarks.md)."""
+    return 1 if weights == "float16" else None
 
 
 def packs_for_cpu() -> bool:
@@ -39,6 +54,9 @@ class Matmul:
       weights are read, so the batch reads them on every core.
     - "packed": several rows at a time (beams, batches) on the CPU: float32 pre-packed
       once in oneDNN's blocked layout for that many rows, with the GELU fused.
+    - "fp16": weight-only float16, multiplied by float32 activations with float32 sums
+      (FBGEMM's kernel, one core, any number of rows): half of float32's bytes, with
+      weights rounded to 11 significant bits. Opt-in (`--dtype float16`).
     - "int8": weight-only int8, one scale per output row (symmetric, absmax), multiplied
       by bfloat16 activations through torch's int8-weight kernel: a quarter of float32's
       bytes per token. Opt-in (`--dtype int8`); its cost in quality is measured.
@@ -59,6 +77,15 @@ class Matmul:
             self.weight = weight.t().reshape(in_features, parts, out_features // parts).permute(1, 0, 2).contiguous()
             if bias is not None:
                 self.bias = bias.detach().view(parts, 1, out_features // parts)
+        elif form == "fp16":  # an opaque handle to FBGEMM's packed copy, which it owns
+            self.bias = bias.detach().float() if bias is not None else weight.new_zeros(weight.size(0))
+            # torch marks both FBGEMM calls deprecated and warns on the first of each in a
+            # process: make both here, silenced, so a user never sees it
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"fbgemm_\w+ is deprecated")
+                self.weight = torch.fbgemm_pack_gemm_matrix_fp16(weight.float())
+                torch.fbgemm_linear_fp16_weight_fp32_activation(weight.new_zeros(1, weight.size(1)), self.weight,
+                                                                self.bias)
         elif form == "int8":
             # bf16 scales, since the kernel takes them in bf16: round them first, then
             # quantize against the rounded value, so the scale itself adds no error
@@ -83,6 +110,8 @@ class Matmul:
             rows = x.expand(self.weight.size(0), 1, x.size(1))
             y = torch.bmm(rows, self.weight) if self.bias is None else torch.baddbmm(self.bias, rows, self.weight)
             y = y.view(1, -1)
+        elif self.form == "fp16":
+            y = torch.fbgemm_linear_fp16_weight_fp32_activation(x, self.weight, self.bias)
         elif self.form == "int8":
             y = self._int8_product(x)
             if self.bf16_out:
@@ -110,6 +139,8 @@ def matmul_form(weights: str, device: torch.device, rows: int) -> str:
     """The form each weight matrix takes for `rows` rows per product (Matmul)."""
     if weights == "int8":
         return "int8"
+    if weights == "float16":
+        return "fp16"
     if device.type != "cpu":
         return "linear"
     if rows == 1:
@@ -135,8 +166,10 @@ class FastDecoder:
             raise ValueError("the fast decoder needs the model in eval mode: call model.eval()")
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-        if weights == "int8" and model.wte.weight.device.type != "cpu":
-            raise ValueError("int8 weights run on the CPU only")
+        if weights in REDUCED and model.wte.weight.device.type != "cpu":
+            raise ValueError(f"{weights} weights run on the CPU only")
+        if weights == "float16" and not has_fp16_kernel():
+            raise ValueError("float16 weights need FBGEMM (an x86 CPU with AVX2), which this torch lacks")
         self.model, self.cfg, self.weights = model, model.config, weights
         self._owners = [(m._parameters, name, p) for m in model.modules() for name, p in m._parameters.items()]
         self.device = model.wte.weight.device
@@ -168,8 +201,8 @@ class FastDecoder:
             # oneDNN builds its kernel for a shape on the first call (0.4 to 0.6 ms for each
             # 4-row packed product of the tiny model): that is part of preparing, not of the
             # first generation's steps
-            for product in [*layers[0][1:3], *layers[0][4:], head]:
-                with torch.inference_mode():
+            with torch.inference_mode():
+                for product in [*layers[0][1:3], *layers[0][4:], head]:
                     product(torch.zeros(rows, product.in_features, device=self.device))
             prepared[key] = versions, (layers, ((self.model.ln_f.weight, self.model.ln_f.bias), head))
         return prepared[key][1]

@@ -10,6 +10,9 @@ import sys
 import pytest
 import torch
 
+from gptcli.commands import generate
+from gptcli.decoders import decode_threads, has_fp16_kernel
+
 from helpers import TINY_FLAGS, assert_clean_error, cli, run_gptcli
 
 CJK = ("春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。🌸🌧️🐦 "
@@ -160,8 +163,9 @@ BAD_GENERATE = [
     (["-c", "run", "--prompts", "bad.jsonl"], "line 2"),
     (["-c", "corrupt"], "not a valid safetensors"),
     (["--prompt", "x", "--prompts", "bad.jsonl"], "exclusive"),
-    (["--dtype", "bf16"], "--dtype must be float32 or int8"),
+    (["--dtype", "bf16"], "--dtype must be float32, float16 or int8"),
     (["--dtype", "int8", "--device", "cuda"], "CUDA" if not torch.cuda.is_available() else "CPU only"),
+    (["--dtype", "float16", "--device", "cuda"], "CUDA" if not torch.cuda.is_available() else "CPU only"),
 ]
 
 
@@ -181,36 +185,57 @@ def test_bad_generate_input(cjk_run, monkeypatch, capsys, args, message):
     assert_clean_error(code, out, err, match=message)
 
 
-def test_int8_weights_generate_through_every_strategy(cjk_run, monkeypatch, capsys):
-    """--dtype int8: greedy, sampled, beams and batches run and report their speed; the
-    greedy text is the model's (equal to float32's here, where no two logits are close)."""
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_reduced_weights_generate_through_every_strategy(dtype, cjk_run, monkeypatch, capsys):
+    """--dtype float16 / int8: greedy, sampled, beams and batches run and report their
+    speed; the greedy text is the model's (equal to float32's here, where no two logits
+    are close). Decoding runs on the threads decode_threads names (float16: one), and
+    the process's thread count is restored afterwards."""
+    if dtype == "float16" and not has_fp16_kernel():
+        pytest.skip("this torch has no FBGEMM float16 kernel")
     ws = cjk_run.parent
     (ws / "p.txt").write_text("春\n夜来\n花落\n", encoding="utf-8")
-    texts = {}
-    for dtype in ("float32", "int8"):
+    seen_threads = []
+    real_steps = generate.decode_steps
+
+    def counting_steps(*args, **kwargs):
+        seen_threads.append(torch.get_num_threads())
+        return real_steps(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "decode_steps", counting_steps)
+    before, texts = torch.get_num_threads(), {}
+    for kind in ("float32", dtype):
         code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-p", "春眠", "-n", "30", "--greedy",
-                             "--json", "--dtype", dtype)
+                             "--json", "--dtype", kind)
         assert code == 0, err
-        texts[dtype] = json.loads(out)["text"]
-    assert texts["int8"] == texts["float32"]
+        texts[kind] = json.loads(out)["text"]
+    assert texts[dtype] == texts["float32"]
+    assert seen_threads == [before, decode_threads(dtype) or before] and torch.get_num_threads() == before
     for args in (["-p", "春", "--seed", "3", "--top-k", "5"], ["-p", "春", "--beams", "3", "--num-return", "2"],
                  ["--prompts", "p.txt", "--greedy", "--batch-size", "2"]):
-        code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-n", "12", "--json", "--dtype", "int8",
+        code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-n", "12", "--json", "--dtype", dtype,
                              *args)
         assert code == 0, err
         records = [json.loads(line) for line in out.splitlines()]
         assert records and all(r["tokens_per_second"] > 0 and r["token_ids"] for r in records)
 
 
-def test_int8_is_refused_for_a_recurrent_run(isolated, monkeypatch, capsys):
+def test_float16_without_fbgemm_is_a_clear_error(cjk_run, monkeypatch, capsys):
+    monkeypatch.setattr(generate, "has_fp16_kernel", lambda: False)
+    code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-p", "春", "--dtype", "float16")
+    assert_clean_error(code, out, err, match="needs FBGEMM")
+
+
+def test_reduced_weights_are_refused_for_a_recurrent_run(isolated, monkeypatch, capsys):
     corpus = isolated / "c.txt"
     corpus.write_text(CJK * 50, encoding="utf-8")
     code, _, err = cli(monkeypatch, capsys, "train", str(corpus), "--arch", "lstm", "--n-layer", "1", "--n-embd", "16",
                        "--block-size", "16", "--batch-size", "2", "--eval-iters", "1", "--vocab-size", "300",
                        "--max-steps", "2", "--out", "lstm")
     assert code == 0, err
-    code, out, err = cli(monkeypatch, capsys, "generate", "-c", "lstm", "-p", "春", "--dtype", "int8")
-    assert_clean_error(code, out, err, match="applies to GPT models")
+    for dtype in ("float16", "int8"):
+        code, out, err = cli(monkeypatch, capsys, "generate", "-c", "lstm", "-p", "春", "--dtype", dtype)
+        assert_clean_error(code, out, err, match=f"--dtype {dtype} applies to GPT models")
 
 
 def test_no_model_anywhere_is_a_clear_error(monkeypatch, capsys, tmp_path):

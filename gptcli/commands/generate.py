@@ -24,7 +24,7 @@ from gptcli import checkpoint as ckpt
 from gptcli.budget import check_generation
 from gptcli.config import ModelConfig, SampleConfig
 from gptcli.console import Console
-from gptcli.decoders import prepare
+from gptcli.decoders import REDUCED, decode_threads, has_fp16_kernel, prepare
 from gptcli.decoding import beam_search, decode_steps
 from gptcli.device import pick_device
 from gptcli.errors import Setting as S
@@ -169,7 +169,7 @@ class GenerateRequest:
     stream: bool = True  # write text as it is produced (single output only)
     json_lines: bool = False
     device: str = "auto"
-    dtype: str = "float32"  # the weights while decoding: float32 or int8 (decoders.WEIGHTS)
+    dtype: str = "float32"  # the weights while decoding: float32, float16 or int8 (decoders.WEIGHTS)
     keep: bool = False  # keep every output in the result (the sink has them anyway; memory grows with the count)
 
 
@@ -206,8 +206,8 @@ def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
     rows = beams if beams > 1 else min(req.batch_size, len(req.prompts) * req.sample.num_samples)
     check_generation(cfg, rows, req.sample.max_new_tokens, beams)
     device = pick_device(req.device)
-    if req.dtype == "int8":
-        check_int8(cfg, device)
+    if req.dtype in REDUCED:
+        check_reduced(req.dtype, cfg, device)
     model, tok, _ = ckpt.load_run(run_dir, device)
     prepare(model, req.dtype, rows)
     block = model.config.block_size
@@ -219,19 +219,29 @@ def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
             ids = ids[-block:]
         encoded.append(ids)
     result = GenerateResult(req.sample)
-    with torch.inference_mode():
-        run_outputs = _beam_outputs if req.sample.strategy == "beam" else _sampled_outputs
-        run_outputs(model, tok, encoded, req, out, result)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(decode_threads(req.dtype) or threads)
+    try:
+        with torch.inference_mode():
+            run_outputs = _beam_outputs if req.sample.strategy == "beam" else _sampled_outputs
+            run_outputs(model, tok, encoded, req, out, result)
+    finally:
+        torch.set_num_threads(threads)
     out.flush()
     return result
 
 
-def check_int8(cfg: ModelConfig, device: torch.device) -> None:
+def check_reduced(dtype: str, cfg: ModelConfig, device: torch.device) -> None:
+    """float16 and int8 weights: a GPT on the CPU (float16 also needs FBGEMM)."""
     if device.type != "cpu":
-        raise UsageError(f"--dtype int8 runs on the CPU only, and this run would use {device.type}: "
+        raise UsageError(f"--dtype {dtype} runs on the CPU only, and this run would use {device.type}: "
                          "add --device cpu, or use --dtype float32")
     if cfg.recurrent:
-        raise UsageError(f"--dtype int8 applies to GPT models; this run is a {cfg.arch.upper()} (use --dtype float32)")
+        raise UsageError(f"--dtype {dtype} applies to GPT models; this run is a {cfg.arch.upper()} "
+                         "(use --dtype float32)")
+    if dtype == "float16" and not has_fp16_kernel():
+        raise UsageError("--dtype float16 needs FBGEMM (an x86 CPU with AVX2), which this torch lacks: "
+                         "use --dtype int8 or float32")
 
 
 def _is_single(req: GenerateRequest) -> bool:
