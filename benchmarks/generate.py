@@ -16,8 +16,7 @@ pause between, and each figure is the median over --repeats runs. Greedy and bea
 are compared with CTranslate2's and transformers' in float32: gptcli in float32 must equal
 both. Reduced-precision weights (gptcli's float16 and int8, and CTranslate2's int8 as a
 second yardstick) may change tokens: the table says whether they did, and --quality
-scores gptcli's float16 and int8 against its float32 in bits per byte. gptcli's engines
-run on the threads `gptcli generate` uses (one for float16, see decoders.decode_threads).
+scores gptcli's float16 and int8 against its float32 in bits per byte.
 --cli also times what a user runs, `gptcli generate --json`, and reports its
 tokens_per_second and its ratio to CTranslate2's figure of the same run.
 
@@ -53,12 +52,11 @@ def load_engine(engine: str, folder: Path, threads: int):
 
         from gptcli import checkpoint as ckpt
         from gptcli.config import SampleConfig
-        from gptcli.decoders import decode_threads
         from gptcli.decoding import beam_search, decode_steps
 
-        weights = {"gptcli": "float32", "gptcli-fp16": "float16", "gptcli-int8": "int8"}[engine]
-        torch.set_num_threads(decode_threads(weights) or threads)  # as `gptcli generate` does
+        torch.set_num_threads(threads)
         model, _, _ = ckpt.load_run(folder / "run")
+        weights = {"gptcli": "float32", "gptcli-fp16": "float16", "gptcli-int8": "int8"}[engine]
 
         def run(case, prompts, new):
             with torch.inference_mode():

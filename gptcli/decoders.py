@@ -31,13 +31,6 @@ def has_fp16_kernel() -> bool:
         "fbgemm" in torch.backends.quantized.supported_engines
 
 
-def decode_threads(weights: str) -> int | None:
-    """The thread count that decodes fastest with these weights, where it is not torch's
-    default: float16's kernel runs on one core, and a second thread only costs (4 beams
-    on the tiny model: 487 against 585 us a token with two; docs/benchmarks.md)."""
-    return 1 if weights == "float16" else None
-
-
 def packs_for_cpu() -> bool:
     """Whether this torch can pre-pack float32 weights for oneDNN (x86 and Arm CPU builds)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")

@@ -24,7 +24,7 @@ from gptcli import checkpoint as ckpt
 from gptcli.budget import check_generation
 from gptcli.config import ModelConfig, SampleConfig
 from gptcli.console import Console
-from gptcli.decoders import REDUCED, decode_threads, has_fp16_kernel, prepare
+from gptcli.decoders import REDUCED, has_fp16_kernel, prepare
 from gptcli.decoding import beam_search, decode_steps
 from gptcli.device import pick_device
 from gptcli.errors import Setting as S
@@ -219,14 +219,9 @@ def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
             ids = ids[-block:]
         encoded.append(ids)
     result = GenerateResult(req.sample)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(decode_threads(req.dtype) or threads)
-    try:
-        with torch.inference_mode():
-            run_outputs = _beam_outputs if req.sample.strategy == "beam" else _sampled_outputs
-            run_outputs(model, tok, encoded, req, out, result)
-    finally:
-        torch.set_num_threads(threads)
+    with torch.inference_mode():
+        run_outputs = _beam_outputs if req.sample.strategy == "beam" else _sampled_outputs
+        run_outputs(model, tok, encoded, req, out, result)
     out.flush()
     return result
 
