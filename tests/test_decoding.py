@@ -275,6 +275,17 @@ def test_fp16_decoder_equals_the_models_forward_on_float16_representable_weights
             want, _ = model(history)
             torch.testing.assert_close(decoder.step(nxt), want[:, -1], rtol=0, atol=1e-5)
     assert all(m.form == "fp16" for layer in decoder._step_matmuls[0] for m in layer[1:3] + layer[4:])
+    # the prompts' own forward (the decoder's, through the same products): a left-padded
+    # batch, each row against the model run on it alone, then one step further
+    short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13]
+    with torch.no_grad():
+        got = decoder.prefill([short, long])
+        nxt = torch.tensor([14, 15])
+        stepped = decoder.step(nxt)
+        for row, prompt in enumerate((short, long)):
+            want, _ = model(torch.tensor([prompt + [int(nxt[row])]]))
+            torch.testing.assert_close(got[row], want[0, -2], rtol=0, atol=1e-5)
+            torch.testing.assert_close(stepped[row], want[0, -1], rtol=0, atol=1e-5)
 
 
 @needs_fp16
