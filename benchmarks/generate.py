@@ -17,8 +17,8 @@ are compared with CTranslate2's and transformers' in float32: gptcli in float32 
 both. Reduced-precision weights (gptcli's float16 and int8, and CTranslate2's int8 as a
 second yardstick) may change tokens: the table says whether they did, and --quality
 scores gptcli's float16 and int8 against its float32 in bits per byte.
---cli also times what a user runs, `gptcli generate --json`, and reports its
-tokens_per_second and its ratio to CTranslate2's figure of the same run.
+--cli also times what a user runs, `gptcli generate --json` in a fresh process, and
+reports its tokens_per_second and its ratio to CTranslate2 timed alongside it.
 
     pip install -e ".[dev]" && python benchmarks/generate.py            # every shape
     python benchmarks/generate.py --shapes tiny --repeats 7 --cli --quality
@@ -200,8 +200,7 @@ def compare_shape(shape: str, args, out: list[dict]) -> None:
             if args.quality and shape == "tiny":
                 print_quality(folder / "run")
             if args.cli and shape == "tiny":
-                peer = {r["case"]: r["tok_s"].get("ctranslate2") for r in out if r["shape"] == shape}
-                print_cli(folder / "run", prompts, args, peer)
+                print_cli(folder / "run", prompts, args, workers.get("ctranslate2"))
         finally:
             for w in workers.values():
                 w.close()
@@ -264,22 +263,27 @@ def print_quality(run: Path) -> None:
               f"({len(ids):,} tokens, windows of {block}, scored through FastDecoder.step)", flush=True)
 
 
-def print_cli(run: Path, prompts: dict, args, peer: dict[str, float | None]) -> None:
-    """What a user sees: `gptcli generate --json`'s tokens_per_second, median of --repeats,
-    and its ratio to CTranslate2's figure for the same case in this run (`peer`)."""
+def print_cli(run: Path, prompts: dict, args, peer: Worker | None) -> None:
+    """What a user sees: `gptcli generate --json`'s tokens_per_second, median of --repeats
+    fresh processes; each alternates with a CTranslate2 run of the same case (`peer`),
+    so that the ratio compares figures taken in the same minutes of a noisy machine."""
     from gptcli.tokenizer import BPETokenizer
 
     text = BPETokenizer.load(run / "tokenizer.json").decode(prompts["greedy"][0])
     for dtype in ("float32", "float16", "int8"):
         for case, flags in (("greedy", ["--greedy"]), ("beam4", ["--beams", "4"])):
-            rates = []
+            rates, peer_rates = [], []
             for _ in range(args.repeats):
                 time.sleep(args.pause)
                 done = subprocess.run([sys.executable, "-m", "gptcli", "generate", "-c", str(run), "-p", text,
                                        "-n", str(args.new), "--dtype", dtype, "--json", *flags],
                                       capture_output=True, text=True, check=True)
                 rates.append(json.loads(done.stdout)["tokens_per_second"])
-            ratio = f", {statistics.median(rates) / peer[case]:.2f}x ctranslate2" if peer.get(case) else ""
+                if peer is not None:
+                    time.sleep(args.pause)
+                    peer_rates.append(args.new / peer.run(case, prompts[case], args.new)["seconds"])
+            ratio = f", CTranslate2 {statistics.median(peer_rates):,.0f} alongside: " \
+                    f"{statistics.median(rates) / statistics.median(peer_rates):.2f}x" if peer_rates else ""
             print(f"cli      gptcli generate {' '.join(flags)} --dtype {dtype}: tokens_per_second "
                   f"{statistics.median(rates):,.0f} (median of {len(rates)}; min {min(rates):,.0f}, "
                   f"max {max(rates):,.0f}){ratio}", flush=True)

@@ -67,9 +67,9 @@ def check_training(cfg: ModelConfig, batch_size: int) -> None:
 
 
 def check_generation(cfg: ModelConfig, rows: int, new_tokens: int, beams: int = 1) -> None:
-    """The model and the decoder's prepared copy of its matrices (packed or int8: at most
-    as large), a KV cache for `rows` rows, the logits a step processes, and beam
-    search's (beams, new_tokens) bookkeeping."""
+    """The model and the decoder's prepared copy of its matrices (packed, float16 or
+    int8: at most as large), a KV cache for `rows` rows, the logits a step processes,
+    and beam search's (beams, new_tokens) bookkeeping."""
     cache = 2 * cfg.n_layer * rows * cfg.block_size * cfg.n_embd * FLOAT
     logits = rows * cfg.vocab_size * FLOAT * 8
     bookkeeping = 7 * beams * new_tokens * 8 if beams > 1 else 0
