@@ -239,13 +239,13 @@ class FastDecoder:
         mask, is_causal = cache.attention_mask(T)
         layers, (ln_f, head) = self._matmuls(B * T)
         for layer, (ln_1, qkv_mm, proj_mm, ln_2, fc_mm, out_mm) in enumerate(layers):
-            qkv = qkv_mm(F.layer_norm(x, (C,), *ln_1, eps)).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
+            qkv = qkv_mm(torch.layer_norm(x, (C,), *ln_1, eps)).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
             keys, values = cache.store(layer, qkv[1], qkv[2])
             y = F.scaled_dot_product_attention(qkv[0], keys, values, attn_mask=mask, is_causal=is_causal)
             proj_mm.add_to(x, y.transpose(1, 2).reshape(B * T, C))
-            out_mm.add_to(x, fc_mm(F.layer_norm(x, (C,), *ln_2, eps)))
+            out_mm.add_to(x, fc_mm(torch.layer_norm(x, (C,), *ln_2, eps)))
         cache.advance(T)
-        return head(F.layer_norm(x.view(B, T, C)[:, -1], (C,), *ln_f, eps))
+        return head(torch.layer_norm(x.view(B, T, C)[:, -1], (C,), *ln_f, eps))
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B,), one per row after the prefilled ones -> logits (B, V)."""
@@ -262,14 +262,14 @@ class FastDecoder:
             self._step_matmuls = self._matmuls(B)
         layers, (ln_f, head) = self._step_matmuls
         for (ln_1, qkv_mm, proj_mm, ln_2, fc_mm, out_mm), (slot, keys, values) in zip(layers, cache.step_views()):
-            qkv = qkv_mm(F.layer_norm(x, shape, *ln_1, eps)).view(B, 3, nh, 1, C // nh)
+            qkv = qkv_mm(torch.layer_norm(x, shape, *ln_1, eps)).view(B, 3, nh, 1, C // nh)
             slot.copy_(qkv[:, 1:])
             y = F.scaled_dot_product_attention(qkv.select(1, 0), keys, values, attn_mask=mask)
             proj_mm.add_to(x, y.view(B, C))  # x is this step's own tensor: updated in place
-            out_mm.add_to(x, fc_mm(F.layer_norm(x, shape, *ln_2, eps)))
+            out_mm.add_to(x, fc_mm(torch.layer_norm(x, shape, *ln_2, eps)))
         cache.advance(1)
         self.next_pos = self.next_pos + 1
-        logits = head(F.layer_norm(x, shape, *ln_f, eps))
+        logits = head(torch.layer_norm(x, shape, *ln_f, eps))
         return logits if cache.slots is None else logits.index_select(0, cache.slots)
 
     def reorder(self, rows: torch.Tensor) -> None:
