@@ -191,12 +191,6 @@ class FastDecoder:
                        (b.ln_2.weight, b.ln_2.bias), mm(b.mlp.c_fc, gelu=True, feeds_product=True), mm(b.mlp.c_proj))
                       for b in self.model.h]
             head = mm(self.model.lm_head)
-            # oneDNN builds its kernel for a shape on the first call (0.4 to 0.6 ms for each
-            # 4-row packed product of the tiny model): that is part of preparing, not of the
-            # first generation's steps
-            with torch.inference_mode():
-                for product in [*layers[0][1:3], *layers[0][4:], head]:
-                    product(torch.zeros(rows, product.in_features, device=self.device))
             prepared[key] = versions, (layers, ((self.model.ln_f.weight, self.model.ln_f.bias), head))
         return prepared[key][1]
 
@@ -313,11 +307,21 @@ class RecurrentDecoder:
 
 
 def prepare(model: LanguageModel, weights: str, rows: int) -> None:
-    """Prepare a GPT's matrices for decoding `rows` rows at a time now (packing, int8
-    quantization: a few milliseconds for the tiny model), so that it counts as loading
-    the model, not as generating. The decoders reuse what this prepared."""
-    if not model.config.recurrent:
-        FastDecoder(model, weights)._matmuls(rows)
+    """Prepare a GPT's matrices for decoding `rows` rows at a time now (packing, float16
+    or int8 copies: 5 to 30 ms for the tiny model), and run a 2-token prompt and one step
+    through them. A process pays for the first call of each kernel: oneDNN builds a
+    shape's kernel (0.4 to 0.6 ms each), OpenMP starts its threads, attention and layer
+    norm set up (0.1 to 0.4 ms each): about 1 to 3 ms for the tiny model, which this
+    makes part of loading the model, where the start-up figures count it, instead of
+    part of the first generation's speed. The decoders reuse what this prepared."""
+    if model.config.recurrent:
+        return
+    decoder = FastDecoder(model, weights)
+    decoder._matmuls(rows)
+    with torch.inference_mode():
+        decoder.prefill([[0] * min(2, model.config.block_size)] * rows)
+        if not decoder.full:
+            decoder.step(torch.zeros(rows, dtype=torch.long, device=decoder.device))
 
 
 def make_decoder(model: LanguageModel, weights: str = "float32") -> FastDecoder | RecurrentDecoder:

@@ -335,6 +335,17 @@ def test_reduced_weights_score_the_shipped_model_within_0_01_bits_per_byte(weigh
     assert abs(bpb[weights] - bpb["float32"]) <= 0.01, bpb
 
 
+@pytest.mark.parametrize("block", [1, 2, 32])
+def test_prepare_runs_a_short_generation_whatever_the_context(block):
+    """prepare() decodes a short prompt (and a step where the context has room) for every
+    kind of weights and row count, and leaves the model's matrices prepared for them."""
+    model = tiny(block=block)
+    for weights in ("float32", "float16", "int8") if has_fp16_kernel() else ("float32", "int8"):
+        for rows in (1, 3):
+            prepare(model, weights, rows)
+            assert (weights, rows if weights == "float32" else None) in decoders._PREPARED[model]
+
+
 def test_prepared_matmuls_are_shared_and_follow_in_place_weight_changes():
     model = tiny()
     prepare(model, "float32", 2)
