@@ -22,6 +22,7 @@ reports its tokens_per_second and its ratio to CTranslate2 timed alongside it.
 
     pip install -e ".[dev]" && python benchmarks/generate.py            # every shape
     python benchmarks/generate.py --shapes tiny --repeats 7 --cli --quality
+    python benchmarks/generate.py --shapes gpt2 --device cuda           # on a GPU, against transformers
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "gptcli" / "assets" / "tinyshakes
 # -- the engines, one per worker process ---------------------------------------------
 
 
-def load_engine(engine: str, folder: Path, threads: int):
+def load_engine(engine: str, folder: Path, threads: int, device: str = "cpu"):
     """A function (case, prompts, new) -> (outputs' token ids, tokens produced)."""
     if engine.startswith("gptcli"):
         import torch
@@ -55,7 +56,7 @@ def load_engine(engine: str, folder: Path, threads: int):
         from gptcli.decoding import beam_search, decode_steps
 
         torch.set_num_threads(threads)
-        model, _, _ = ckpt.load_run(folder / "run")
+        model, _, _ = ckpt.load_run(folder / "run", device)
         weights = {"gptcli": "float32", "gptcli-fp16": "float16", "gptcli-int8": "int8"}[engine]
 
         def run(case, prompts, new):
@@ -65,7 +66,7 @@ def load_engine(engine: str, folder: Path, threads: int):
                     return [beam_search(model, prompts[0], cfg, -1, weights)[0].tokens]
                 if case == "topk":
                     cfg = SampleConfig(strategy="sample", max_new_tokens=new, temperature=1.0, top_k=50, top_p=None)
-                    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+                    gens = [torch.Generator(device=device).manual_seed(i) for i in range(len(prompts))]
                 else:
                     cfg, gens = SampleConfig(strategy="greedy", max_new_tokens=new), None
                 steps = list(decode_steps(model, prompts, cfg, -1, gens, weights))
@@ -75,7 +76,7 @@ def load_engine(engine: str, folder: Path, threads: int):
         import ctranslate2
 
         compute = "int8" if engine.endswith("int8") else "float32"
-        gen = ctranslate2.Generator(str(folder / "ct2"), device="cpu", intra_threads=threads, inter_threads=1,
+        gen = ctranslate2.Generator(str(folder / "ct2"), device=device, intra_threads=threads, inter_threads=1,
                                     compute_type=compute)
         vocab = json.loads((folder / "ct2" / "vocabulary.json").read_text())
 
@@ -92,12 +93,12 @@ def load_engine(engine: str, folder: Path, threads: int):
     from transformers import GPT2LMHeadModel
 
     torch.set_num_threads(threads)
-    model = GPT2LMHeadModel.from_pretrained(folder / "hf").eval()
+    model = GPT2LMHeadModel.from_pretrained(folder / "hf").eval().to(device)
 
     def run(case, prompts, new):
         width = max(len(p) for p in prompts)  # left padding, as HF wants for generation
-        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         kw = dict(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, eos_token_id=None, attention_mask=mask)
         with torch.inference_mode():
             if case == "beam4":
@@ -110,9 +111,10 @@ def load_engine(engine: str, folder: Path, threads: int):
     return run
 
 
-def worker(engine: str, folder: Path, threads: int) -> None:
-    """Answer one JSON line per request on stdin: {"case", "prompts", "new"} -> {"seconds", "outputs"}."""
-    run = load_engine(engine, folder, threads)
+def worker(engine: str, folder: Path, threads: int, device: str) -> None:
+    """Answer one JSON line per request on stdin: {"case", "prompts", "new"} -> {"seconds", "outputs"}.
+    Outputs come back as lists, which waits for a GPU to finish before the clock stops."""
+    run = load_engine(engine, folder, threads, device)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
@@ -122,10 +124,10 @@ def worker(engine: str, folder: Path, threads: int) -> None:
 
 
 class Worker:
-    def __init__(self, engine: str, folder: Path, threads: int):
+    def __init__(self, engine: str, folder: Path, threads: int, device: str = "cpu"):
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", engine, "--folder", str(folder),
-                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                      "--threads", str(threads), "--device", device],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         json.loads(self.proc.stdout.readline())
 
     def run(self, case: str, prompts: list[list[int]], new: int) -> dict:
@@ -190,7 +192,7 @@ def compare_shape(shape: str, args, out: list[dict]) -> None:
         folder = Path(tmp)
         prepare(shape, folder)
         prompts = prompts_for(folder, args.prompt_len)
-        workers = {e: Worker(e, folder, args.threads) for e in args.engines}
+        workers = {e: Worker(e, folder, args.threads, args.device) for e in args.engines}
         try:
             for case in args.cases:
                 row = measure(case, prompts[case], workers, args)
@@ -270,13 +272,14 @@ def print_cli(run: Path, prompts: dict, args, peer: Worker | None) -> None:
     from gptcli.tokenizer import BPETokenizer
 
     text = BPETokenizer.load(run / "tokenizer.json").decode(prompts["greedy"][0])
-    for dtype in ("float32", "float16", "int8"):
+    for dtype in ("float32", "float16", "int8") if args.device == "cpu" else ("float32",):
         for case, flags in (("greedy", ["--greedy"]), ("beam4", ["--beams", "4"])):
             rates, peer_rates = [], []
             for _ in range(args.repeats):
                 time.sleep(args.pause)
                 done = subprocess.run([sys.executable, "-m", "gptcli", "generate", "-c", str(run), "-p", text,
-                                       "-n", str(args.new), "--dtype", dtype, "--json", *flags],
+                                       "-n", str(args.new), "--dtype", dtype, "--device", args.device, "--json",
+                                       *flags],
                                       capture_output=True, text=True, check=True)
                 rates.append(json.loads(done.stdout)["tokens_per_second"])
                 if peer is not None:
@@ -293,7 +296,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    ap.add_argument("--engines", nargs="+", choices=ENGINES,
+                    help="default: all on the CPU; gptcli and transformers on cuda")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where gptcli, transformers and CTranslate2 run (float16 and int8 are CPU only)")
     ap.add_argument("--new", type=int, default=128, help="new tokens per output")
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
@@ -306,11 +312,17 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, args.folder, args.threads)
+        return worker(args.worker, args.folder, args.threads, args.device)
+    if args.engines is None:
+        args.engines = list(ENGINES) if args.device == "cpu" else ["gptcli", "transformers"]
+    if args.device == "cuda" and set(args.engines) & {"gptcli-fp16", "gptcli-int8", "ctranslate2-int8"}:
+        ap.error("float16 and int8 engines run on the CPU only")
     import ctranslate2
     import torch
     import transformers
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU is visible to torch here")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 {ctranslate2.__version__}, "
           f"{args.threads} threads per engine, {args.new} new tokens, medians of {args.repeats}", flush=True)
     rows: list[dict] = []

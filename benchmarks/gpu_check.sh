@@ -7,7 +7,7 @@
 # tests     the whole test suite with CUDA visible (tests/test_cuda.py runs, not skips)
 # train     `gptcli train --preset gpt2` in bf16 on tinyshakespeare, without and with --compile
 # mfu       benchmarks/train_mfu.py: tokens/s and MFU of the gpt2 training step (peak: H100 SXM)
-# generate  benchmarks/generate.py --shape gpt2 --device cuda: gptcli against transformers
+# generate  benchmarks/generate.py --shapes gpt2 --device cuda: gptcli against transformers
 # ddp       torchrun --nproc-per-node 1 (NCCL), and 2 processes when there are 2 GPUs
 #
 # It installs the project only (no network needed when torch, transformers and the
@@ -68,10 +68,11 @@ EOF
       row "train_mfu.py gpt2 bf16 ${flag:-(compile)}" "$(tail -n 1 "$DIR/mfu$flag.log")" "$DIR/mfu$flag.log"
     done ;;
   generate)
-    python benchmarks/generate.py --shape gpt2 --device cuda --new 128 --repeats 3 >"$DIR/generate.log" 2>&1
+    python benchmarks/generate.py --shapes gpt2 --device cuda --engines gptcli transformers --new 128 --repeats 3 \
+      >"$DIR/generate.log" 2>&1
     while IFS= read -r line; do
       row "generate.py gpt2 cuda fp32" "$line" "$DIR/generate.log"
-    done < <(grep -E '^(greedy|topk|beam4|greedy_b8) ' "$DIR/generate.log" || tail -n 1 "$DIR/generate.log") ;;
+    done < <(grep -E '^gpt2 ' "$DIR/generate.log" || tail -n 1 "$DIR/generate.log") ;;
   ddp)
     n=1
     [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ] && n="1 2"
