@@ -143,8 +143,9 @@ class Worker:
 # -- preparing the same weights for every engine --------------------------------------
 
 
-def prepare(shape: str, folder: Path) -> None:
-    """folder/run (gptcli), folder/hf (export-hf) and folder/ct2 (CTranslate2's converter)."""
+def prepare(shape: str, folder: Path, ct2: bool = True) -> None:
+    """folder/run (gptcli), folder/hf (export-hf) and, when asked, folder/ct2 (CTranslate2's
+    converter)."""
     import torch
 
     from gptcli import checkpoint as ckpt
@@ -167,8 +168,9 @@ def prepare(shape: str, folder: Path) -> None:
         weights.save_weights(run / "model.safetensors", GPT(cfg))
     subprocess.run([sys.executable, "-m", "gptcli", "export-hf", str(run), str(folder / "hf")], check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run(["ct2-transformers-converter", "--model", str(folder / "hf"), "--output_dir", str(folder / "ct2")],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if ct2:
+        subprocess.run(["ct2-transformers-converter", "--model", str(folder / "hf"), "--output_dir",
+                        str(folder / "ct2")], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def prompts_for(folder: Path, prompt_len: int) -> dict[str, list[list[int]]]:
@@ -190,7 +192,7 @@ def prompts_for(folder: Path, prompt_len: int) -> dict[str, list[list[int]]]:
 def compare_shape(shape: str, args, out: list[dict]) -> None:
     with tempfile.TemporaryDirectory(prefix=f"gptcli-bench-{shape}-") as tmp:
         folder = Path(tmp)
-        prepare(shape, folder)
+        prepare(shape, folder, ct2=any(e.startswith("ctranslate2") for e in args.engines))
         prompts = prompts_for(folder, args.prompt_len)
         workers = {e: Worker(e, folder, args.threads, args.device) for e in args.engines}
         try:
@@ -317,14 +319,18 @@ def main() -> None:
         args.engines = list(ENGINES) if args.device == "cpu" else ["gptcli", "transformers"]
     if args.device == "cuda" and set(args.engines) & {"gptcli-fp16", "gptcli-int8", "ctranslate2-int8"}:
         ap.error("float16 and int8 engines run on the CPU only")
-    import ctranslate2
     import torch
     import transformers
 
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU is visible to torch here")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 {ctranslate2.__version__}, "
-          f"{args.threads} threads per engine, {args.new} new tokens, medians of {args.repeats}", flush=True)
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    if any(e.startswith("ctranslate2") for e in args.engines):
+        import ctranslate2
+
+        versions += f", ctranslate2 {ctranslate2.__version__}"
+    print(f"{versions}, {args.threads} threads per engine, {args.new} new tokens, medians of {args.repeats}",
+          flush=True)
     rows: list[dict] = []
     for shape in args.shapes:
         compare_shape(shape, args, rows)

@@ -206,9 +206,9 @@ class GenerateOptions:
 
     batch_size: int = setting(8, "Outputs generated together from --prompts.", low=1, high=2**16)
     device: str = setting("auto", "Where to run: auto picks cuda, then mps, then cpu.", choices=DEVICES)
-    dtype: str = setting("float32", "Weights while decoding: float32 (exact); float16 (CPU with AVX2, GPT "
-                         "models: faster, nearly always the same tokens); int8 (CPU, GPT models: faster, "
-                         "more tokens differ).", choices=("float32", "float16", "int8"))
+    dtype: str = setting("float32", "Weights while decoding: float32 (exact); float16 (x86 CPU, GPT models: "
+                         "faster for one prompt or beams, nearly always the same tokens); int8 (CPU, GPT "
+                         "models: faster, more tokens differ).", choices=("float32", "float16", "int8"))
 
     def validate(self) -> GenerateOptions:
         check(self)

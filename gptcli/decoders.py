@@ -146,9 +146,10 @@ class FastDecoder:
     token per row and step. `step` does Block.forward's arithmetic in fewer tensor
     operations (no transposes, no split, one query per head) through Matmuls prepared
     once per batch size: on a CPU, module calls and attribute reads cost as much as the
-    small matrix products of a small model (docs/benchmarks.md). The prefill runs the
-    model's own forward, in float32. The tests pin `step` to `model.forward` with a
-    cache: within 1e-5 in float32.
+    small matrix products of a small model (docs/benchmarks.md). In float32 the prefill
+    runs the model's own forward; float16 and int8 prefill through their own products
+    (`_prompt_forward`). The tests pin `step` and that prefill to `model.forward`: within
+    1e-5 in float32, and in float16 on weights that float16 holds exactly.
 
     Built from a model in eval mode; it refuses to run once the model is put in training
     mode or a parameter object is replaced (load_state_dict(assign=True)), since it would
@@ -204,6 +205,8 @@ class FastDecoder:
         cache; returns the last position's logits (B, V)."""
         self._check()
         T = max(len(r) for r in rows)
+        if T > self.cfg.block_size:  # the same error whatever prefills them
+            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}")
         idx = torch.zeros((len(rows), T), dtype=torch.long, device=self.device)  # padding: any id, it is masked
         valid = torch.zeros(len(rows), T, dtype=torch.bool, device=self.device)
         for i, r in enumerate(rows):
@@ -226,7 +229,8 @@ class FastDecoder:
         prepared products (float16, int8: for them the model's own float32 forward, with
         its first-call costs in a new process, took about 7% of a 128-token greedy
         generation); returns the last position's logits (B, V). `step`'s arithmetic, for
-        T tokens a row: the tests pin both to the model's forward."""
+        T tokens a row: the tests pin it to the model's forward (float16) and to prefilling
+        one token and stepping through the rest (int8, left-padded)."""
         cache, (B, T) = self.cache, idx.shape
         nh, eps, C = self.cfg.n_head, self.cfg.layer_norm_eps, self.cfg.n_embd
         x = self.model.embed(idx, positions).view(B * T, C)

@@ -343,7 +343,8 @@ def test_prepare_runs_a_short_generation_whatever_the_context(block):
     for weights in ("float32", "float16", "int8") if has_fp16_kernel() else ("float32", "int8"):
         for rows in (1, 3):
             prepare(model, weights, rows)
-            assert (weights, rows if weights == "float32" else None) in decoders._PREPARED[model]
+            row_dependent = decoders.matmul_form(weights, torch.device("cpu"), rows) in ("split", "packed")
+            assert (weights, rows if row_dependent else None) in decoders._PREPARED[model]
 
 
 def test_prepared_matmuls_are_shared_and_follow_in_place_weight_changes():
@@ -401,6 +402,51 @@ def test_cache_reorder_relabels_and_equals_a_gather_for_every_order():
             assert written <= len(order) - len(set(order))
             if cache.slots is not None:
                 assert cache.rows_in_slot[cache.slots].tolist() == [0, 1, 2, 3]
+
+
+def test_relabelled_rows_of_a_padded_batch_keep_their_padding():
+    """A left-padded batch whose rows are relabelled and copied: the copy takes the
+    padding mask of the row it copies, so each row still equals the model run on its
+    own history (a public path: beam search itself never pads)."""
+    model = tiny()
+    short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13]
+    decoder = FastDecoder(model)
+    with torch.no_grad():
+        decoder.prefill([short, long])
+        history = [list(long), list(long)]
+        for rows in ([1, 1], [1, 0]):  # a copy of row 1 into row 0's buffer, then a swap
+            decoder.reorder(torch.tensor(rows))
+            history = [list(history[r]) for r in rows]
+            nxt = torch.tensor([20, 21])
+            got = decoder.step(nxt)
+            for row in range(2):
+                history[row].append(int(nxt[row]))
+                want, _ = model(torch.tensor([history[row]]))
+                torch.testing.assert_close(got[row], want[0, -1], rtol=0, atol=1e-5)
+
+
+def test_int8_prompts_equal_one_token_then_steps():
+    """int8's prompt forward (whole prompts through the int8 products, left-padded) gives
+    what prefilling each row's first token and stepping through the rest gives."""
+    model = tiny()
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    with torch.no_grad():
+        together = FastDecoder(model, "int8").prefill(prompts)
+        for row, prompt in enumerate(prompts):
+            alone = FastDecoder(model, "int8")
+            logits = alone.prefill([prompt[:1]])
+            for t in prompt[1:]:
+                logits = alone.step(torch.tensor([t]))
+            torch.testing.assert_close(together[row], logits[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
+def test_a_prompt_longer_than_the_context_is_the_same_error_for_every_weight_kind(weights):
+    if weights == "float16" and not has_fp16_kernel():
+        pytest.skip("this torch has no FBGEMM float16 kernel")
+    model = tiny(block=8)
+    with pytest.raises(ValueError, match="sequence of 9 tokens exceeds block_size 8"):
+        FastDecoder(model, weights).prefill([list(range(9))])
 
 
 def test_cache_reorder_to_another_batch_size_gathers_in_batch_order():
