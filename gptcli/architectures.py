@@ -14,8 +14,10 @@ from gptcli.recurrent import RecurrentLM
 LanguageModel = GPT | RecurrentLM
 
 
-def build(cfg: ModelConfig) -> LanguageModel:
-    return RecurrentLM(cfg) if cfg.recurrent else GPT(cfg)
+def build(cfg: ModelConfig, init: bool = True) -> LanguageModel:
+    """The model for cfg. init=False skips the random initialization of the weights, for
+    a model whose weights are loaded next (it took half of building the tiny model)."""
+    return RecurrentLM(cfg, init) if cfg.recurrent else GPT(cfg, init)
 
 
 def param_count(cfg: ModelConfig) -> int:

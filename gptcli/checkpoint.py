@@ -129,7 +129,7 @@ def load_run(run: Path | str, device: torch.device | str = "cpu") -> tuple[Langu
     model_cfg = model_config(doc, run)
     tok = BPETokenizer.load(run / TOKENIZER_FILE)
     check_tokenizer(tok, model_cfg, doc, run)
-    model = build(model_cfg)
+    model = build(model_cfg, init=False)  # every weight is loaded next
     load_weights(model, run / WEIGHTS)
     return model.to(device).eval(), tok, doc
 

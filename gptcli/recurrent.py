@@ -27,7 +27,7 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (n_layer, B, H), o
 
 
 class RecurrentLM(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init: bool = True):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
@@ -38,7 +38,8 @@ class RecurrentLM(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as GPT's
-        nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+        if init:
+            nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
 
     def scale_dropout(self, share: float) -> None:
         """Dropout at this share of the configured rate (the trainer's --regularize-beyond)."""
