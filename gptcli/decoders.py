@@ -213,14 +213,13 @@ class FastDecoder:
             idx[i, T - len(r):] = torch.tensor(r, dtype=torch.long, device=self.device)
             valid[i, T - len(r):] = True
         self.cache = KVCache(self.cfg, len(rows), device=self.device, dtype=self.model.wte.weight.dtype)
-        positions = None
         if not bool(valid.all()):
             self.cache.mark_padding(valid)
-            positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # each row counts from its first token
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # each row counts from its first token
         self._step_matmuls = None  # fetched by the first step, for the batch it sees
         self.next_pos = valid.sum(dim=1)
         if self.weights in REDUCED:  # their products take any number of rows
-            return self._prompt_forward(idx, valid.long().cumsum(dim=1).sub_(1).clamp_(min=0))
+            return self._prompt_forward(idx, positions)
         logits, _ = self.model(idx, kv_cache=self.cache, positions=positions, last_only=True)
         return logits[:, -1]
 

@@ -95,20 +95,19 @@ class KVCache:
             self.valid = self.valid.index_select(0, index)
             self.slots = self.rows_in_slot = None
             return
-        taken = set()
+        taken, second_readers = set(), []
         for i, src in enumerate(wanted):
             if src in taken:
-                wanted[i] = -1 - src  # a second reader: gets a copy below
+                second_readers.append(i)
             taken.add(src)
-        free = [r for r in range(len(slots)) if r not in taken]
+        free = [r for r in range(len(slots)) if r not in taken]  # rows no beam continues
         live = self.kv.narrow(4, 0, self.pos)  # (n_layer, B, 2, n_head, pos, head_dim)
-        for i, src in enumerate(wanted):
-            if src < 0:
-                dst, src = free.pop(), -1 - src
-                live.select(1, dst).copy_(live.select(1, src))
-                if self.padded:
-                    self.valid[dst] = self.valid[src]
-                wanted[i] = dst
+        for i, dst in zip(second_readers, free):
+            src = wanted[i]
+            live.select(1, dst).copy_(live.select(1, src))
+            if self.padded:
+                self.valid[dst] = self.valid[src]
+            wanted[i] = dst
         if wanted == list(range(len(wanted))):
             self.slots = self.rows_in_slot = None
         else:
