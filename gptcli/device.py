@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
+import os
 import random
 from dataclasses import dataclass
 
@@ -35,19 +37,88 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls beat fp32 only on CPUs with native bf16 instructions (AVX512-BF16 or
-    AMX). Without them oneDNN emulates bf16, slower than fp32 (docs/benchmarks.md,
-    "Precision")."""
+# oneDNN's ISA names, lowest first: ONEDNN_MAX_CPU_ISA caps what it may use (and so
+# what is native for gptcli's purposes); its bf16 dot products start at avx512_core_bf16
+_ONEDNN_ISAS = ("sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni",
+                "avx512_core_bf16", "avx10_1_512", "avx512_core_fp16", "avx10_1_512_amx", "avx512_core_amx",
+                "avx10_1_512_amx_fp16", "avx512_core_amx_fp16", "all")
+
+
+@dataclass(frozen=True)
+class CpuCaps:
+    """What this CPU runs natively, as far as the kernels gptcli calls can use it. An
+    emulated path is many times slower than float32 (bf16 matmuls without bf16
+    instructions: about 50x, docs/benchmarks.md, "CPU kinds"), so each choice that
+    depends on the CPU asks this, never the flags directly."""
+
+    avx2: bool
+    avx512: bool  # AVX-512 F/BW, and torch's own kernels may use it
+    bf16: bool  # native bf16 dot products (AVX512-BF16, AMX, Arm BF16) that oneDNN may use
+    vnni: bool  # int8 dot products (AVX512-VNNI, AVX-VNNI)
+    fp16_kernel: bool  # FBGEMM's float16-weight product is in this torch (x86 with AVX2)
+
+    def describe(self) -> str:
+        """One line for `gptcli info` and a run's first line: "AVX-512, bf16 native, ..."."""
+        parts = ["AVX-512" if self.avx512 else "AVX2" if self.avx2 else "no AVX2",
+                 "bf16 native" if self.bf16 else "bf16 emulated, so float32"]
+        if self.vnni:
+            parts.append("VNNI")
+        if self.fp16_kernel:
+            parts.append("FBGEMM fp16")
+        return ", ".join(parts)
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 "flags", Arm "Features"), from /proc/cpuinfo; empty
+    where it cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def _onednn_allows(isa: str) -> bool:
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().lower()
+    if cap not in _ONEDNN_ISAS:
+        return True
+    return _ONEDNN_ISAS.index(cap) >= _ONEDNN_ISAS.index(isa)
+
+
+def probe_cpu(flags: set[str] | None = None, aten_capability: str | None = None) -> CpuCaps:
+    """The capabilities from the CPU's flags, limited by what the libraries were told to
+    use (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY): a CPU forced down to AVX2 is treated
+    as one. The arguments are for tests; by default they are read from the machine."""
+    flags = _cpu_flags() if flags is None else flags
+    capability = (os.environ.get("ATEN_CPU_CAPABILITY", "") if aten_capability is None else aten_capability).lower()
+    avx512 = {"avx512f", "avx512bw"} <= flags and capability not in ("avx2", "default") and \
+        _onednn_allows("avx512_core")
+    bf16 = (bool(flags & {"avx512_bf16", "amx_bf16"}) and avx512 and _onednn_allows("avx512_core_bf16")) or \
+        ("bf16" in flags and "asimd" in flags)  # Arm: BF16 with Advanced SIMD
+    vnni = (("avx512_vnni" in flags and avx512) or "avx_vnni" in flags) and _onednn_allows("avx2_vnni")
+    fp16 = "avx2" in flags and hasattr(torch, "fbgemm_linear_fp16_weight_fp32_activation") and \
+        "fbgemm" in torch.backends.quantized.supported_engines
+    return CpuCaps(avx2="avx2" in flags, avx512=avx512, bf16=bf16, vnni=vnni, fp16_kernel=fp16)
+
+
+@functools.cache
+def cpu_caps() -> CpuCaps:
+    """This machine's CpuCaps, probed once per process."""
+    return probe_cpu()
+
+
+def fast_matmul_dtype(device: torch.device) -> torch.dtype:
+    """The narrowest dtype a matrix product runs natively in on `device`: bf16 on a GPU
+    that has it and on a CPU with bf16 instructions, float32 elsewhere (Muon's
+    orthogonalisation: bf16 where it is native, else float32, which is then ~50x faster)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_caps().bf16 else torch.float32
+    return torch.float32
 
 
 @dataclass(frozen=True)
@@ -74,7 +145,7 @@ def pick_precision(name: str, device: torch.device) -> Precision:
     if name == "auto":
         if device.type == "cuda":
             name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        elif device.type == "cpu" and cpu_has_fast_bf16():
+        elif device.type == "cpu" and cpu_caps().bf16:
             name = "bfloat16"
         else:
             name = "float32"

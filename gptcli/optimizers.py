@@ -1,7 +1,8 @@
 """What updates the weights, and how fast: the parameter groups (which tensors decay,
 which go to Muon), AdamW and Muon behind one optimizer object, and the learning-rate
 schedule (warmup, then cosine decay to the floor at the end of the run, by steps or by
-the time budget). Knows nothing of data, devices or files.
+the time budget). Knows nothing of data or files; device.py says which dtype Muon's
+orthogonalisation runs in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from gptcli.config import TrainConfig
+from gptcli.device import fast_matmul_dtype
 
 WSD_DECAY = 0.2  # the share of the run --schedule wsd spends decaying
 
@@ -83,10 +85,87 @@ class Optimizers:
             offset += count
 
 
+class Muon(torch.optim.Muon):
+    """torch's Muon, with the Newton-Schulz orthogonalisation in a dtype of the caller's
+    choosing. torch's runs it in bf16, which a CPU without bf16 instructions emulates
+    about 50x slower than float32: there Muon trained at an eighth of AdamW's speed
+    (docs/benchmarks.md, "CPU kinds"). In bf16 this step is torch's, bit for bit (a test
+    holds it to that); in float32 it is the same iteration, rounded less. The state is
+    torch's ("momentum_buffer"), so checkpoints are the same either way."""
+
+    def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("gptcli's Muon takes no closure")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       self.ns_dtype)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-_muon_lr(group["lr"], group["adjust_lr_fn"], p.shape))
+        return None
+
+
+def orthogonalise(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration towards the nearest semi-orthogonal matrix,
+    computed in `dtype`: X <- aX + (bA + cA^2)X with A = XX^T, on the wide side of g.
+
+    In bf16 it is torch.optim.Muon's loop. In float32, a matrix at least 1.5x as wide as
+    it is tall iterates on its small Gram matrix instead: every X_k is Q_k X_0 for a
+    polynomial Q_k in A_0, so the loop carries Q and A (m x m) and multiplies by the wide
+    X once at the end. Same polynomial, a third fewer flops for GPT's 3:1 and 4:1
+    matrices, as accurate as the direct loop in float32 (tests; docs/benchmarks.md,
+    "CPU kinds"). In bf16 that form loses accuracy, so bf16 keeps the direct loop."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(0) > g.size(1)
+    if tall:  # iterate on the wide side: the Gram matrix is the smaller one
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+    if dtype == torch.bfloat16 or 2 * x.size(1) < 3 * x.size(0):
+        for _ in range(steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return x.T if tall else x
+    gram, q = x @ x.T, None
+    for k in range(steps):
+        p = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # aI + bA + cA^2, the step's polynomial
+        p.diagonal().add_(a)
+        q = p if q is None else p @ q
+        if k < steps - 1:
+            gram = p @ gram @ p  # X_{k+1} X_{k+1}^T
+    x = q @ x
+    return x.T if tall else x
+
+
+def _muon_lr(lr: float, adjust: str | None, shape: torch.Size) -> float:
+    """torch's per-matrix scaling of Muon's rate: "match_rms_adamw" sizes its updates
+    like AdamW's (Moonshot's Muon paper), "original" is Keller Jordan's."""
+    rows, cols = shape[:2]
+    if adjust == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    if adjust in (None, "original"):
+        return lr * math.sqrt(max(1, rows / cols))
+    return lr
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer | Optimizers:
     """AdamW as one fused kernel per step on CUDA and CPU (several times faster than the
     default multi-tensor form on CPU: docs/benchmarks.md), the multi-tensor form elsewhere;
-    with --optimizer muon, torch's Muon beside it for the hidden matrices. Muon's updates
+    with --optimizer muon, Muon beside it for the hidden matrices, orthogonalising in the
+    narrowest dtype the device multiplies natively (device.fast_matmul_dtype). Muon's updates
     are scaled to AdamW's size (adjust_lr_fn="match_rms_adamw", as Moonshot's Muon
     paper does), so one --lr and --weight-decay serve both."""
     groups = param_groups(model, cfg.weight_decay, cfg.optimizer)
@@ -94,7 +173,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
                               fused=True if device.type in ("cuda", "cpu") else None)
     if cfg.optimizer == "adamw":
         return adamw
-    muon = torch.optim.Muon(groups["muon"], lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    muon = Muon(groups["muon"], ns_dtype=fast_matmul_dtype(device), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                adjust_lr_fn="match_rms_adamw")
     return Optimizers([adamw, muon])
 
 
