@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gptcli import entry, workspace
+from gptcli import entry, threads, workspace
 from gptcli.config import (
     ARCHS,
     DEFAULT_PRESET,
@@ -46,6 +46,9 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT of the same kind.")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
     "--tokenizer", help="tokenizer.json, its folder, or a run folder [default: ./tokenizer/].", show_default=False)]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads to compute with [default: every CPU this process may use].", metavar="N",
+    show_default=False)]
 Prompt = Annotated[Optional[str], typer.Option(
     "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
     show_default=False)]
@@ -110,9 +113,11 @@ def train(
         show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    threads_n: Threads = None,
     settings: dict | None = None,
 ) -> None:
     """Train a GPT on text files: tokenizer, token cache, model and run folder in one go."""
+    threads.use(threads_n, "long")
     from gptcli.commands import train as command
 
     if json_out:
@@ -148,9 +153,11 @@ def generate(
                       ] = False,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Print the text at the end, not as it comes.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON record per output on stdout.")] = False,
+    threads_n: Threads = None,
     settings: dict | None = None,
 ) -> None:
     """Generate text from a trained model. stdout carries only the generated text (or JSON)."""
+    threads.use(threads_n, "short")
     from gptcli.commands import generate as command
     from gptcli.commands.inputs import check_text, read_prompts, read_stdin_text, stdin_is_piped
 
@@ -183,9 +190,11 @@ def eval_cmd(
     paths: Annotated[list[str], typer.Argument(help="Text files, folders or - for stdin.")],
     checkpoint: Checkpoint = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
+    threads_n: Threads = None,
     settings: dict | None = None,
 ) -> None:
     """Score text with a model: tokens, loss, perplexity, bits per byte, next-token accuracy."""
+    threads.use(threads_n, "long")
     from gptcli.commands import eval as command
 
     stdout_wanted()
@@ -215,10 +224,12 @@ def compare(
     overwrite: Annotated[bool, typer.Option(help="Replace the runs of an earlier comparison in --out.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")
                         ] = False,
+    threads_n: Threads = None,
     settings: dict | None = None,
 ) -> None:
     """Train GPT, LSTM, GRU and RNN models of the same size on the same text with one recipe (AdamW unless
     --optimizer is given), and compare them."""
+    threads.use(threads_n, "long")
     from gptcli.commands import compare as command
     from gptcli.workspace import default_run_folder
 
@@ -266,9 +277,11 @@ def attention(
         "--out", "-o", help="Also draw heatmaps (layers x heads, or those chosen) into this PNG.",
         show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the attention weights as JSON on stdout.")] = False,
+    threads_n: Threads = None,
     settings: dict | None = None,
 ) -> None:
     """Show what each attention head attends to for a prompt: per token, the tokens it weighs most."""
+    threads.use(threads_n, "long")
     from gptcli.commands import attention as command
     from gptcli.commands.inputs import check_text, read_stdin_text, stdin_is_piped
 
@@ -348,9 +361,11 @@ def tokenizer_train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write tokenizer.json into.")
                    ] = workspace.TOKENIZER,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing tokenizer.json.")] = False,
+    threads_n: Threads = None,
     settings: dict | None = None,
 ) -> None:
     """Train a byte-level BPE tokenizer on text."""
+    threads.tokenizer_threads(threads_n)
     from gptcli.commands import tokenizer as command
 
     console = _console()
