@@ -8,6 +8,7 @@ on_eval, on_checkpoint) and leaves saving and printing to the caller.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import time
@@ -83,6 +84,7 @@ class Trainer:
         self._step_model = model  # replaced by the DDP-wrapped or compiled model
         self._stop_requested = False
         self._final_eval_seconds = 0.0  # how long the last evaluation and checkpoint took
+        self._step_seconds: collections.deque = collections.deque(maxlen=8)  # the last steps' durations
         self._clock = time.perf_counter()  # state.elapsed counts from here (see _tick)
         self._byte_lengths_np = byte_lengths
         budget = cfg.eval_iters * cfg.batch_size
@@ -117,8 +119,10 @@ class Trainer:
         if self.cfg.max_time is not None:
             # stop while the evaluation and checkpoint that end the run still fit in the budget
             # (none is needed right after one)
+            # and the next step too, at the slowest of the last few: a step begun with too
+            # little time left overran the budget by a step, more on a shared CPU
             ending = 0.0 if self.state.last_eval.get("step") == self.state.step else self._final_eval_seconds
-            if self.state.elapsed + ending >= self.cfg.max_time:
+            if self.state.elapsed + ending + max(self._step_seconds, default=0.0) >= self.cfg.max_time:
                 return "max_time"
         if self.cfg.patience is not None and self.state.evals_since_best >= self.cfg.patience:
             return "early_stop"
@@ -266,6 +270,7 @@ class Trainer:
         interval_tokens = 0
         self._clock = time.perf_counter()
         while (reason := self._agreed_stop()) is None:
+            step_t0 = time.perf_counter()
             loss = self.train_step()
             loss_sum += loss
             loss_n += 1
@@ -287,6 +292,7 @@ class Trainer:
                 loss_sum, loss_n, interval_t0, interval_tokens = torch.zeros((), device=self.device), 0, now, 0
                 if self.dist.main:
                     self.hooks.on_log(self, record)
+            self._step_seconds.append(time.perf_counter() - step_t0)
             if step % self.cfg.eval_interval == 0:
                 self._eval_and_checkpoint()
                 interval_t0 = time.perf_counter()  # evaluation time is not training throughput
