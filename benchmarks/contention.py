@@ -8,7 +8,8 @@ the shipped model's weights (converted as benchmarks/generate.py does). The cond
 
   alone     nothing else running
   busy      beside one single-threaded busy loop (a browser tab, an editor, a build job)
-  pair      two copies of the case at once, each measured (a second experiment)
+  pair      two copies of the case at once, each measured (a second experiment; the second
+            training starts 5 s after the first)
 
 The conditions take turns within each repeat, so a drifting machine moves all alike; each
 figure is the median over --repeats. It prints each case's speed in each condition, the
@@ -45,6 +46,7 @@ CASES = {  # name: what runs
     "ct2-beam4": ["ct2", "4"],
 }
 CONDITIONS = ("alone", "busy", "pair")
+STAGGER = 5.0  # seconds between the two trainings of a pair (the second finds the first running)
 
 CT2_SCRIPT = """
 import json, pathlib, sys, time, ctranslate2
@@ -106,18 +108,23 @@ def speed(case: str, proc: subprocess.Popen, out: Path) -> float:
 def measure(case: str, condition: str, folder: Path, variant: list[str], env: dict) -> list[float]:
     """The case's speed in the condition: one figure, or two for a pair."""
     copies = 2 if condition == "pair" else 1
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition == "busy" else None
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])] if condition == "busy" else []
     try:
-        if busy:
+        if procs:
             time.sleep(0.5)
         outs = [folder / f"train-{i}" for i in range(copies)]
-        procs = [subprocess.Popen(command(case, folder, variant, o), env=env, cwd=folder, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for o in outs]
-        return [speed(case, p, o) for p, o in zip(procs, outs)]
-    finally:
-        if busy:
-            busy.kill()
-            busy.wait()
+        cases = []
+        for i, o in enumerate(outs):
+            if i and CASES[case][0] == "train":
+                time.sleep(STAGGER)  # a second experiment starts while the first trains
+            cases.append(subprocess.Popen(command(case, folder, variant, o), env=env, cwd=folder,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs.append(cases[-1])
+        return [speed(case, p, o) for p, o in zip(cases, outs)]
+    finally:  # nothing of a run outlives it, whatever ended it
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def main() -> None:

@@ -30,28 +30,13 @@ from gptcli.config import (
 )
 from gptcli.entry import stdout_wanted, writing_stdout
 from gptcli.errors import ReportedElsewhere, UsageError
-from gptcli.options import settings_options
+from gptcli.options import Checkpoint, Json, Overwrite, Prompt, Threads, TokenizerPath, settings_options
 from gptcli.settings import pick
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 tokenizer_app = typer.Typer(help="Train, and use, a byte-level BPE tokenizer.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
-
-
-Checkpoint = Annotated[Optional[Path], typer.Option(
-    "--checkpoint", "-c", help="Run folder [default: the newest under ./checkpoints/, else the shipped model].",
-    show_default=False)]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT of the same kind.")]
-TokenizerPath = Annotated[Optional[Path], typer.Option(
-    "--tokenizer", help="tokenizer.json, its folder, or a run folder [default: ./tokenizer/].", show_default=False)]
-Threads = Annotated[Optional[int], typer.Option(
-    "--threads", help="CPU threads to compute with [default: every CPU this process may use].", metavar="N",
-    show_default=False)]
-Prompt = Annotated[Optional[str], typer.Option(
-    "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
-    show_default=False)]
 
 
 def _version(value: bool) -> None:
@@ -117,7 +102,7 @@ def train(
     settings: dict | None = None,
 ) -> None:
     """Train a GPT on text files: tokenizer, token cache, model and run folder in one go."""
-    threads.use(threads_n, "long")
+    threads.use(threads_n)
     from gptcli.commands import train as command
 
     if json_out:
@@ -157,7 +142,7 @@ def generate(
     settings: dict | None = None,
 ) -> None:
     """Generate text from a trained model. stdout carries only the generated text (or JSON)."""
-    threads.use(threads_n, "short")
+    threads.use(threads_n)
     from gptcli.commands import generate as command
     from gptcli.commands.inputs import check_text, read_prompts, read_stdin_text, stdin_is_piped
 
@@ -194,7 +179,7 @@ def eval_cmd(
     settings: dict | None = None,
 ) -> None:
     """Score text with a model: tokens, loss, perplexity, bits per byte, next-token accuracy."""
-    threads.use(threads_n, "long")
+    threads.use(threads_n)
     from gptcli.commands import eval as command
 
     stdout_wanted()
@@ -229,7 +214,7 @@ def compare(
 ) -> None:
     """Train GPT, LSTM, GRU and RNN models of the same size on the same text with one recipe (AdamW unless
     --optimizer is given), and compare them."""
-    threads.use(threads_n, "long")
+    threads.use(threads_n)
     from gptcli.commands import compare as command
     from gptcli.workspace import default_run_folder
 
@@ -281,7 +266,7 @@ def attention(
     settings: dict | None = None,
 ) -> None:
     """Show what each attention head attends to for a prompt: per token, the tokens it weighs most."""
-    threads.use(threads_n, "long")
+    threads.use(threads_n)
     from gptcli.commands import attention as command
     from gptcli.commands.inputs import check_text, read_stdin_text, stdin_is_piped
 

@@ -2,7 +2,8 @@
 
 Each setting's flag, help text, default and range are written once, in its dataclass
 field; `settings_options` turns them into options of a Typer command, so `--help`,
-docs/cli.md and the checks agree by construction. `flag` names a setting as the user
+docs/cli.md and the checks agree by construction. The options several commands share
+(--checkpoint, --prompt, --threads, ...) are defined here once too. `flag` names a setting as the user
 types it, for messages. Imports nothing heavy.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -20,6 +22,21 @@ from gptcli.errors import Setting, SettingError, UsageError
 from gptcli.settings import Spec, allowed, base_type, specs
 
 PRESET_SECTION = {ModelConfig: "model", TrainConfig: "train"}
+
+# Options several commands share, defined once.
+Checkpoint = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", "-c", help="Run folder [default: the newest under ./checkpoints/, else the shipped model].",
+    show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT of the same kind.")]
+TokenizerPath = Annotated[Optional[Path], typer.Option(
+    "--tokenizer", help="tokenizer.json, its folder, or a run folder [default: ./tokenizer/].", show_default=False)]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads to compute with [default: torch's, one per core this process may use].",
+    metavar="N", show_default=False)]
+Prompt = Annotated[Optional[str], typer.Option(
+    "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
+    show_default=False)]
 
 
 def _fmt(value: object) -> str:

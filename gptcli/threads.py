@@ -3,13 +3,14 @@
 Decided before torch is imported: OpenMP reads its wait policy once, when torch loads it.
 Its default, spinning at every barrier, is fastest alone, but on a shared CPU a thread
 spins while the sibling it waits for sits descheduled behind another process: beside one
-busy loop on 2 cores, decoding ran 3.7x to 6x slower and training 2.6x, and two at once
+busy loop on 2 cores, decoding ran 4x to 5x slower and training 2.6x, and two at once
 ran at a fifth of their speed alone (docs/benchmarks.md, "A shared CPU"). Waiting
-passively (sleeping in the kernel) costs a wake-up per barrier instead. The thread
-count stays the CPUs this process may use, whatever the load, since it changes the
+passively (sleeping in the kernel) costs a wake-up per barrier instead, which alone
+halved greedy decoding (tens of parallel regions a token) and cost training about 6%:
+so a command waits passively when another task is running as it starts, and spins
+otherwise. The thread count stays the same whatever the load, since it changes the
 arithmetic's rounding and the same inputs must give the same outputs. Imports nothing
-heavy; device.py keeps the other rules that depend on the CPU.
-"""
+heavy; device.py keeps the other rules that depend on the CPU."""
 
 from __future__ import annotations
 
@@ -18,12 +19,6 @@ import sys
 import time
 
 from gptcli.errors import UsageError
-
-# A command's work, by the size of its parallel regions: "long" (training, scoring,
-# attention maps: each region milliseconds, a wake-up is noise) waits passively always;
-# "short" (decoding: tens of regions a token, microseconds each, where a wake-up per
-# region halved greedy decoding alone) does so only when the CPU is shared at its start.
-WORKS = ("long", "short")
 
 
 def usable_cpus() -> int:
@@ -50,14 +45,6 @@ def others_running(samples: int = 5, interval: float = 0.002) -> int:
     return max(min(seen) - 1, 0)
 
 
-def waits_passively(work: str, others: int) -> bool:
-    """Whether idle threads should sleep rather than spin, for `work` (WORKS) with
-    `others` other tasks wanting a CPU."""
-    if work not in WORKS:
-        raise ValueError(f"work must be one of {WORKS}, got {work!r}")
-    return work == "long" or others > 0
-
-
 def check(threads: int) -> int:
     """--threads N: between 1 and the CPUs this process may use."""
     cpus = usable_cpus()
@@ -66,15 +53,14 @@ def check(threads: int) -> int:
     return threads
 
 
-def use(threads: int | None, work: str) -> int:
-    """Set up this process's threads for `work` (WORKS), before torch is imported where
-    possible: the count (--threads; else torch's own, one per physical core, but never
-    more than the usable CPUs), and the wait policy unless OMP_WAIT_POLICY is already set
-    (the user's choice wins). Returns the count."""
+def use(threads: int | None) -> int:
+    """Set up this process's threads, before torch is imported where possible: the count
+    (--threads; else torch's own, one per physical core, but never more than the usable
+    CPUs), and, when another task is running at the start, a passive wait, unless
+    OMP_WAIT_POLICY is already set (the user's choice wins). Returns the count."""
     if threads is not None:
         tokenizer_threads(threads)  # train may train a tokenizer first
-    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ and \
-            waits_passively(work, others_running() if work == "short" else 0):
+    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ and others_running() > 0:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch
 
