@@ -127,7 +127,7 @@ def orthogonalise(g: torch.Tensor, coefficients: tuple[float, float, float], ste
     polynomial Q_k in A_0, so the loop carries Q and A (m x m) and multiplies by the wide
     X once at the end. Same polynomial, a third fewer flops for GPT's 3:1 and 4:1
     matrices, as accurate as the direct loop in float32 (tests; docs/benchmarks.md,
-    "CPU kinds"). In bf16 that form loses accuracy, so bf16 keeps the direct loop."""
+    "CPU kinds"). bf16 keeps torch's loop, so that the step stays torch's bit for bit."""
     a, b, c = coefficients
     x = g.to(dtype)
     tall = g.size(0) > g.size(1)

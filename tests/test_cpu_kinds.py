@@ -106,3 +106,21 @@ def test_orthogonalise_in_float32_matches_the_direct_loop_in_float64(shape):
     got = orthogonalise(g, coefficients, 5, 1e-7, torch.float32)
     assert got.dtype == torch.float32 and got.shape == g.shape
     assert (got.double() - exact).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_info_names_what_this_cpu_runs_natively(monkeypatch, capsys, native):
+    import json
+
+    from gptcli import workspace
+    from gptcli.commands import info
+
+    from helpers import cli
+
+    monkeypatch.setattr(info, "cpu_caps", lambda: caps(avx512=native, bf16=native))
+    code, out, err = cli(monkeypatch, capsys, "info", str(workspace.SHIPPED))
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("this cpu"))
+    assert ("bf16 native" if native else "bf16 emulated, so float32") in line
+    code, out, _ = cli(monkeypatch, capsys, "info", str(workspace.SHIPPED), "--json")
+    assert json.loads(out)["this_cpu"]["bf16"] is native

@@ -3,10 +3,12 @@ alone (no tensor is loaded)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli import checkpoint as ckpt
+from gptcli.device import CpuCaps, cpu_caps
 from gptcli.errors import UsageError
 from gptcli.weights import count_params
 
@@ -24,10 +26,11 @@ class InfoResult:
     tokenizer: dict
     training: dict
     resumable: bool
+    cpu: CpuCaps  # this machine's, which decides how the run would train and decode here
 
     def to_json(self) -> dict:
         return {"run": str(self.run), "params": self.params, "model": self.model, "tokenizer": self.tokenizer,
-                "training": self.training, "resumable": self.resumable}
+                "training": self.training, "resumable": self.resumable, "this_cpu": dataclasses.asdict(self.cpu)}
 
     def to_text(self) -> str:
         m, t, tr = self.model, self.tokenizer, self.training
@@ -61,6 +64,7 @@ class InfoResult:
             if tr.get("corpus"):
                 lines.append(f"corpus       {', '.join(tr['corpus'][:5])}" + (" ..." if len(tr["corpus"]) > 5 else ""))
             lines.append(f"resumable    {'yes' if self.resumable else 'no'}")
+        lines.append(f"this cpu     {self.cpu.describe()}")
         return "\n".join(lines)
 
 
@@ -77,4 +81,4 @@ def run(req: InfoRequest) -> InfoResult:
     except UsageError:
         resumable = False
     return InfoResult(run_dir, count_params(weights), doc["model"], doc.get("tokenizer", {}), doc.get("training", {}),
-                      resumable)
+                      resumable, cpu_caps())

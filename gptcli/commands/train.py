@@ -36,7 +36,7 @@ from gptcli.config import DEFAULT_PRESET, ModelConfig, TrainConfig
 from gptcli.console import Console
 from gptcli.corpus import Document, documents, iter_documents_text
 from gptcli.data import Split, check_fits
-from gptcli.device import Precision, pick_device, pick_precision, seed_everything
+from gptcli.device import Precision, cpu_caps, pick_device, pick_precision, seed_everything
 from gptcli.distributed import Dist
 from gptcli.errors import GptcliError, UsageError, first_line
 from gptcli.runlock import run_lock
@@ -248,8 +248,9 @@ def _train(run: Path, s: _Setup, console: Console, resume: bool) -> TrainResult:
     shape = (f"{model_cfg.arch}, {model_cfg.n_layer} layers, {model_cfg.n_embd} wide, windows of "
              f"{model_cfg.block_size}" if model_cfg.recurrent else f"{model_cfg.n_layer} layers, {model_cfg.n_head} "
              f"heads, {model_cfg.n_embd} wide, context {model_cfg.block_size}")
+    cpu = f" ({cpu_caps().describe()})" if s.precision.device.type == "cpu" else ""
     console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {shape} | {s.precision.device.type} "
-                 f"{s.precision.name}" + (f" | {s.dist.world} processes" if s.dist.active else ""))
+                 f"{s.precision.name}{cpu}" + (f" | {s.dist.world} processes" if s.dist.active else ""))
     if s.plan.init_weights is not None:
         console.info(f"init: starting from the weights of {s.summary['init']}")
     with console.progress("training", None, "steps") as bar:
