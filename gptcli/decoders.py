@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from gptcli.architectures import LanguageModel
+from gptcli.device import cpu_caps
 from gptcli.kv_cache import KVCache
 from gptcli.model import GPT
 from gptcli.recurrent import RecurrentLM
@@ -26,9 +27,9 @@ _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def has_fp16_kernel() -> bool:
-    """Whether this torch has FBGEMM's float16-weight product (x86 CPUs with AVX2)."""
-    return hasattr(torch, "fbgemm_linear_fp16_weight_fp32_activation") and \
-        "fbgemm" in torch.backends.quantized.supported_engines
+    """Whether this torch has FBGEMM's float16-weight product and the CPU runs it (x86
+    with AVX2): the CPU probe's answer."""
+    return cpu_caps().fp16_kernel
 
 
 def packs_for_cpu() -> bool:
