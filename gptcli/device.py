@@ -143,12 +143,10 @@ def pick_precision(name: str, device: torch.device) -> Precision:
     """auto: bf16 on CUDA when supported (else fp16 with a grad scaler); on CPU bf16 when the
     CPU runs it fast; fp32 otherwise."""
     if name == "auto":
-        if device.type == "cuda":
-            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        elif device.type == "cpu" and cpu_caps().bf16:
+        if fast_matmul_dtype(device) == torch.bfloat16:
             name = "bfloat16"
         else:
-            name = "float32"
+            name = "float16" if device.type == "cuda" else "float32"
     if name not in _DTYPES:
         raise UsageError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
     if name == "float16" and device.type == "cpu":

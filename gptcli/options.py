@@ -3,8 +3,8 @@
 Each setting's flag, help text, default and range are written once, in its dataclass
 field; `settings_options` turns them into options of a Typer command, so `--help`,
 docs/cli.md and the checks agree by construction. The options several commands share
-(--checkpoint, --prompt, --threads, ...) are defined here once too. `flag` names a setting as the user
-types it, for messages. Imports nothing heavy.
+(--checkpoint, --prompt, --threads, ...) are defined here once too. `flag` names a
+setting as the user types it, for messages. Imports nothing heavy.
 """
 
 from __future__ import annotations

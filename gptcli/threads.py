@@ -58,8 +58,7 @@ def use(threads: int | None) -> int:
     (--threads; else torch's own, one per physical core, but never more than the usable
     CPUs), and, when another task is running at the start, a passive wait, unless
     OMP_WAIT_POLICY is already set (the user's choice wins). Returns the count."""
-    if threads is not None:
-        tokenizer_threads(threads)  # train may train a tokenizer first
+    tokenizer_threads(threads)  # checks the count; train may train a tokenizer first
     if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ and others_running() > 0:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch

@@ -117,10 +117,9 @@ class Trainer:
         if planned is not None and self.state.step >= planned:
             return "max_steps" if self.cfg.max_steps == planned else "epochs"
         if self.cfg.max_time is not None:
-            # stop while the evaluation and checkpoint that end the run still fit in the budget
-            # (none is needed right after one)
-            # and the next step too, at the slowest of the last few: a step begun with too
-            # little time left overran the budget by a step, more on a shared CPU
+            # stop while the next step (timed as the slowest of the last few: a shared CPU
+            # makes them uneven) and the evaluation and checkpoint that end the run still fit
+            # in the budget (none is needed right after one)
             ending = 0.0 if self.state.last_eval.get("step") == self.state.step else self._final_eval_seconds
             if self.state.elapsed + ending + max(self._step_seconds, default=0.0) >= self.cfg.max_time:
                 return "max_time"
