@@ -1,10 +1,9 @@
 """Attention maps: what each head of each layer attends to, for one sequence.
 
-`attention_maps` runs the model's normal forward pass once, with hooks that capture each
-attention layer's input, and computes from it softmax(QK^T / sqrt(d) + causal mask)
-explicitly, head by head. The forward pass itself is untouched: training and generation
-keep scaled_dot_product_attention, which never materialises these weights. Knows
-nothing of text or files.
+`attention_maps` runs the model's one forward (model.run_blocks) with an attention that
+computes softmax(QK^T / sqrt(d) + mask) explicitly and keeps it, where training and
+generation call scaled_dot_product_attention, which never materialises these weights.
+Knows nothing of text or files.
 """
 
 from __future__ import annotations
@@ -13,29 +12,31 @@ import math
 
 import torch
 
-from gptcli.model import GPT, CausalSelfAttention
+from gptcli.model import GPT
 
 
-def probabilities(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
-    """The attention weights of one layer for its input x (B, T, n_embd): (B, n_head, T, T),
-    each row a distribution over the keys at or before the query."""
-    B, T, C = x.shape
-    q, k, _ = attn.c_attn(x).split(attn.n_embd, dim=2)
-    q, k = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k))  # (B, nh, T, hd)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(C // attn.n_head)  # (B, nh, T, T)
-    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+class KeptAttention:
+    """An `attend` for model.run_blocks that keeps each layer's weights (B, n_head, T, S)."""
+
+    def __init__(self):
+        self.weights: list[torch.Tensor] = []
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                 is_causal: bool, dropout_p: float = 0.0) -> torch.Tensor:
+        T, S = q.size(-2), k.size(-2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+        if is_causal:  # query i sits at S - T + i and sees the keys up to it
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        self.weights.append(probs)
+        return probs @ v
 
 
 def attention_maps(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     """(n_layer, n_head, T, T) for one sequence idx (T,) of at most block_size tokens."""
-    inputs: list[torch.Tensor] = []
-    hooks = [block.attn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
-             for block in model.h]
-    try:
-        with torch.inference_mode():
-            model.eval()(idx[None])
-            return torch.stack([probabilities(block.attn, x)[0] for block, x in zip(model.h, inputs)])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    kept = KeptAttention()
+    with torch.inference_mode():
+        model.eval().hidden(idx[None], attend=kept)
+    return torch.stack([w[0] for w in kept.weights])

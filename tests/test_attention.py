@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from gptcli.attention import attention_maps, probabilities
+from gptcli.attention import KeptAttention, attention_maps
 from gptcli.config import ModelConfig
 from gptcli.model import GPT
 
@@ -27,21 +27,15 @@ def test_rows_are_distributions_over_the_past_only():
     assert bool((maps.triu(diagonal=1) == 0).all())  # nothing attends to the future
 
 
-def test_weights_times_values_reproduce_the_attention_output_of_the_normal_path():
+def test_the_kept_weights_are_the_forward_passes_own():
+    """The forward run with the explicit attention (weights times values) gives the
+    normal forward's hidden states: the maps are the weights the model really uses."""
     model = tiny(bias=True)
     idx = torch.randint(0, 300, (1, 20))
-    seen = []
-    hooks = [b.attn.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out))) for b in model.h]
+    kept = KeptAttention()
     with torch.no_grad():
-        model(idx)
-        for attn, x, out in seen:
-            B, T, C = x.shape
-            v = attn.c_attn(x).split(C, dim=2)[2].view(B, T, attn.n_head, -1).transpose(1, 2)
-            y = (probabilities(attn, x) @ v).transpose(1, 2).reshape(B, T, C)
-            torch.testing.assert_close(attn.c_proj(y), out, rtol=0, atol=1e-5)
-    for hook in hooks:
-        hook.remove()
-    assert len(seen) == 3
+        torch.testing.assert_close(model.hidden(idx, attend=kept), model.hidden(idx), rtol=0, atol=1e-5)
+    assert len(kept.weights) == 3 and kept.weights[0].shape == (1, 2, 20, 20)
 
 
 def test_json_nests_layers_heads_queries_keys_and_narrows(trained_run, monkeypatch, capsys):

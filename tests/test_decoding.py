@@ -10,20 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcli import decoders, decoding
-from gptcli.commands.generate import sample_config
 from gptcli.config import ModelConfig, SampleConfig, flag
-from gptcli.decoders import FastDecoder, Matmul, has_fp16_kernel, packs_for_cpu, prepare
-from gptcli.decoding import (
-    apply_repetition_penalty,
-    beam_search,
-    decode_steps,
-    draw,
-    top_k_filter,
-    top_p_filter,
-)
 from gptcli.errors import RunError, SettingError
-from gptcli.kv_cache import KVCache
+from gptcli.generation import kernels, search
+from gptcli.generation.decoders import FastDecoder
+from gptcli.generation.kernels import Matmul, Prepared, has_fp16_kernel, matmul_form, packs_for_cpu
+from gptcli.generation.kv_cache import KVCache
+from gptcli.generation.sampling import apply_repetition_penalty, draw, top_k_filter, top_p_filter
+from gptcli.generation.search import beam_search, decode_steps
 from gptcli.model import GPT
 
 
@@ -81,7 +75,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 
 def test_temperature_zero_is_argmax():
-    cfg = sample_config({"temperature": 0.0, "max_new_tokens": 5})
+    cfg = SampleConfig.settle({"temperature": 0.0, "max_new_tokens": 5})
     assert cfg.strategy == "greedy"
     model = tiny()
     prompt = [[1, 2, 3]]
@@ -119,7 +113,7 @@ def test_contradictory_or_bad_flags_are_errors(flags, message):
     given = dict(flags)
     greedy = given.pop("greedy", False)
     with pytest.raises(SettingError) as raised:
-        sample_config(given, greedy=greedy)
+        SampleConfig.settle(given, greedy=greedy)
     assert message in raised.value.render(flag)
 
 
@@ -275,7 +269,7 @@ def test_fp16_decoder_equals_the_models_forward_on_float16_representable_weights
             history = torch.cat([history[rows], nxt[:, None]], dim=1)
             want, _ = model(history)
             torch.testing.assert_close(decoder.step(nxt), want[:, -1], rtol=0, atol=1e-5)
-    assert all(m.form == "fp16" for layer in decoder._step_matmuls[0] for m in layer[1:3] + layer[4:])
+    assert all(m.form == "fp16" for layer in decoder._step_layers[0] for m in layer[1:3] + layer[4:])
     # the prompts' own forward (the decoder's, through the same products): a left-padded
     # batch, each row against the model run on it alone, then one step further
     short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13]
@@ -292,8 +286,8 @@ def test_fp16_decoder_equals_the_models_forward_on_float16_representable_weights
 @needs_fp16
 def test_fp16_gives_float32s_greedy_tokens_on_the_shipped_model():
     """The issue's bar for a reduced precision: 100 greedy tokens equal float32's."""
-    from gptcli import checkpoint as ckpt
     from gptcli import workspace
+    from gptcli.store import checkpoint as ckpt
 
     model, tok, _ = ckpt.load_run(workspace.SHIPPED)
     cfg = SampleConfig(strategy="greedy", max_new_tokens=100)
@@ -312,8 +306,8 @@ def test_reduced_weights_score_the_shipped_model_within_0_01_bits_per_byte(weigh
         pytest.skip("this torch has no FBGEMM float16 kernel")
     import math
 
-    from gptcli import checkpoint as ckpt
     from gptcli import workspace
+    from gptcli.store import checkpoint as ckpt
 
     model, tok, _ = ckpt.load_run(workspace.SHIPPED)
     text = (workspace.SHIPPED.parent / "tinyshakespeare.txt").read_text(encoding="utf-8")
@@ -337,30 +331,31 @@ def test_reduced_weights_score_the_shipped_model_within_0_01_bits_per_byte(weigh
 
 
 @pytest.mark.parametrize("block", [1, 2, 32])
-def test_prepare_runs_a_short_generation_whatever_the_context(block):
-    """prepare() decodes a short prompt (and a step where the context has room) for every
-    kind of weights and row count, and leaves the model's matrices prepared for them."""
+def test_warm_up_runs_a_short_generation_whatever_the_context(block):
+    """warm_up decodes a short prompt (and a step where the context has room) for every
+    kind of weights and row count, and leaves the matrices prepared for them."""
     model = tiny(block=block)
     for weights in ("float32", "float16", "int8") if has_fp16_kernel() else ("float32", "int8"):
+        prepared = Prepared(model, weights)
         for rows in (1, 3):
-            prepare(model, weights, rows)
-            row_dependent = decoders.matmul_form(weights, torch.device("cpu"), rows) in ("split", "packed")
-            assert (weights, rows if row_dependent else None) in decoders._PREPARED[model]
+            FastDecoder(model, weights, prepared).warm_up(rows)
+            row_dependent = matmul_form(weights, torch.device("cpu"), rows) in ("split", "packed")
+            assert (rows if row_dependent else None) in prepared._by_rows
 
 
 def test_prepared_matmuls_are_shared_and_follow_in_place_weight_changes():
     model = tiny()
-    prepare(model, "float32", 2)
-    first = FastDecoder(model)._matmuls(2)
-    assert FastDecoder(model)._matmuls(2) is first  # a second decoder reuses them
+    prepared = Prepared(model)
+    first = prepared.layers(2)
+    assert FastDecoder(model, prepared=prepared).prepared.layers(2) is first  # a second decoder reuses them
     with torch.no_grad():
         model.h[0].mlp.c_fc.weight.mul_(2.0)  # a change in place (as load_state_dict makes)
-        decoder, slow = FastDecoder(model), KVCache(model.config, batch_size=2)
+        decoder, slow = FastDecoder(model, prepared=prepared), KVCache(model.config, batch_size=2)
         decoder.prefill([[1, 2, 3], [4, 5, 6]])
         model(torch.tensor([[1, 2, 3], [4, 5, 6]]), kv_cache=slow)
         got = decoder.step(torch.tensor([7, 8]))
         want, _ = model(torch.tensor([[7], [8]]), kv_cache=slow)
-    assert decoder._step_matmuls is not first
+    assert decoder._step_layers is not first
     torch.testing.assert_close(got, want[:, 0], rtol=0, atol=1e-5)
 
 
@@ -368,7 +363,7 @@ def test_reduced_weights_are_refused_off_the_cpu_or_without_their_kernel(monkeyp
     model = tiny()
     with pytest.raises(ValueError, match="weights must be one of"):
         FastDecoder(model, "bf16")
-    monkeypatch.setattr(decoders, "has_fp16_kernel", lambda: False)
+    monkeypatch.setattr(kernels, "has_fp16_kernel", lambda: False)
     with pytest.raises(ValueError, match="need FBGEMM"):
         FastDecoder(model, "float16")
     if torch.cuda.is_available():
@@ -463,16 +458,22 @@ def test_cache_reorder_to_another_batch_size_gathers_in_batch_order():
                                rtol=0, atol=0)
 
 
-def test_a_reordered_cache_refuses_the_models_own_forward():
-    """The model's forward writes rows in batch order; after a relabelling reorder that
-    would put them in the wrong buffer rows, so it is refused rather than wrong."""
+def test_the_models_forward_follows_a_relabelled_cache_for_any_number_of_tokens():
+    """After a reorder that relabels rows (no copies), the one forward runs in the cache's
+    buffer order inside and answers in batch order, for 1 new token or several: equal to
+    full recompute on the reordered histories."""
     model = tiny()
-    cache = KVCache(model.config, batch_size=2)
+    idx = torch.randint(0, 300, (3, 4))
+    cache = KVCache(model.config, batch_size=3)
     with torch.no_grad():
-        model(torch.randint(0, 300, (2, 3)), kv_cache=cache)
-        cache.reorder(torch.tensor([1, 0]))
-        with pytest.raises(ValueError, match="one-token steps"):
-            model(torch.randint(0, 300, (2, 1)), kv_cache=cache)
+        model(idx, kv_cache=cache)
+        rows = [2, 0, 0]  # a relabelling, and a copy for the second reader of row 0
+        cache.reorder(torch.tensor(rows))
+        assert cache.slots is not None
+        new = torch.randint(0, 300, (3, 3))
+        got, _ = model(new, kv_cache=cache)
+        want, _ = model(torch.cat([idx[rows], new], dim=1))
+    torch.testing.assert_close(got, want[:, -3:], rtol=0, atol=1e-5)
 
 
 def test_fast_decoder_refuses_training_mode_and_replaced_parameters():
@@ -502,16 +503,16 @@ def test_cached_logits_equal_full_recompute_past_the_window(monkeypatch, pos_enc
     model = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32,
                             pos_encoding=pos_encoding)).eval()
     seen_logits = []
-    real = decoding.process_logits
+    real = search.process_logits
 
     def spy(logits, cfg, seen):
         seen_logits.append(logits.clone())
         return real(logits, cfg, seen)
 
-    monkeypatch.setattr(decoding, "process_logits", spy)
+    monkeypatch.setattr(search, "process_logits", spy)
     prompt = list(range(10, 30))
     tokens = run(model, [prompt], greedy(100))[0]  # 20 + 100 tokens through a 32-token window
-    keep = decoding.window_size(model)
+    keep = search.window_size(model)
     context, start = prompt[:], 0
     with torch.inference_mode():
         for step, token in enumerate(tokens):

@@ -9,7 +9,7 @@ import torch
 from gptcli import fused_loss
 from gptcli.config import ModelConfig
 from gptcli.fused_loss import linear_cross_entropy
-from gptcli.kv_cache import KVCache
+from gptcli.generation.kv_cache import KVCache
 from gptcli.model import GPT, sinusoidal_table
 
 
@@ -70,8 +70,10 @@ def test_gpt2_math_choices():
     model = tiny()
     block = model.h[0]
     x = torch.randn(2, 5, 32)
-    manual = block.mlp.c_proj(torch.nn.functional.gelu(block.mlp.c_fc(x), approximate="tanh"))
-    torch.testing.assert_close(block.mlp(x), manual)
+    fc, proj = block.mlp.c_fc, block.mlp.c_proj
+    F = torch.nn.functional
+    manual = F.linear(F.gelu(F.linear(x, fc.weight, fc.bias), approximate="tanh"), proj.weight, proj.bias)
+    torch.testing.assert_close(proj(fc(x)), manual)  # GPT-2's gelu_new, fused into the first product
     assert block.mlp.c_fc.out_features == 4 * 32
     assert model.ln_f.eps == 1e-5
     nobias = tiny(bias=False)
@@ -85,23 +87,26 @@ def test_gpt2_math_choices():
 ])
 def test_attention_dropout_is_its_own_setting(dropout, attn_dropout, attention_random, rest_random):
     model = tiny(dropout=dropout, attn_dropout=attn_dropout).train()
-    x = torch.randn(2, 5, 32)
-    attn, mlp = model.h[0].attn, model.h[0].mlp
-    mask = (None, True)  # causal, no cache
+    idx = torch.randint(0, 300, (2, 5))
+    residual = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]  # embeddings and both branches
 
-    def varies(f) -> bool:
+    def varies() -> bool:
         torch.manual_seed(1)
-        first = f()
+        first = model.hidden(idx)
         torch.manual_seed(2)
-        return not torch.equal(first, f())
+        return not torch.equal(first, model.hidden(idx))
 
-    # the residual dropout sits at the end of both branches: strip it to see attention alone
-    attn.resid_dropout.p, kept = 0.0, attn.resid_dropout.p
-    assert varies(lambda: attn(x, None, 0, mask)) == attention_random
-    attn.resid_dropout.p = kept
-    assert varies(lambda: mlp(x)) == rest_random
+    kept = [m.p for m in residual]
+    for m in residual:  # strip the residual dropout to see attention's alone
+        m.p = 0.0
+    assert varies() == attention_random
+    for m, p in zip(residual, kept):
+        m.p = p
+    model.attn_dropout, kept_attention = 0.0, model.attn_dropout  # and the other way round
+    assert varies() == rest_random
+    model.attn_dropout = kept_attention
     model.eval()
-    torch.testing.assert_close(attn(x, None, 0, mask), attn(x, None, 0, mask))  # never when generating
+    assert not varies()  # never when generating
 
 
 def test_tiny_model_overfits_a_short_text():

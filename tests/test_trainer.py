@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from gptcli import checkpoint as ckpt
 from gptcli.architectures import build
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data import Split
 from gptcli.device import pick_precision, seed_everything
 from gptcli.model import GPT
 from gptcli.optimizers import Optimizers, lr_at, param_groups
+from gptcli.store import checkpoint as ckpt
 from gptcli.trainer import Hooks, Trainer
 
 
@@ -103,7 +103,7 @@ def test_muon_trains_with_adamw_beside_it_at_one_learning_rate():
 
 def _regularization(trainer):  # the dropout rates and weight decays the model and optimizer hold
     model = trainer.model
-    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] + [b.attn.dropout for b in model.h]
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] + [model.attn_dropout]
     return rates, [g["weight_decay"] for g in trainer.optimizer.param_groups]
 
 

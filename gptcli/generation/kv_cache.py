@@ -19,12 +19,12 @@ class KVCache:
     One buffer `kv` of shape (n_layer, B, 2, n_head, max_len, head_dim), keys before
     values, in the order the fused q/k/v product leaves them, so that a decoding step
     stores a layer's keys and values in one copy. `pos` counts the
-    positions already stored; the model writes layer by layer, then calls `advance` once
-    per forward. Left-padded batches mark their padding in `valid` so attention skips it.
+    positions already stored; the model writes layer by layer through `views`, then calls
+    `advance` once per forward. Left-padded batches mark their padding in `valid` so attention skips it.
 
     Beam search's `reorder` relabels rows instead of moving them: after it, row i of the
-    batch lives in buffer row `slots[i]` (None: row i in row i), and the one-token steps
-    that follow (FastDecoder.step) run in buffer order, permuting their input and output.
+    batch lives in buffer row `slots[i]` (None: row i in row i), and the forwards that
+    follow (GPT.hidden) run in buffer order, permuting their input and output.
     Only a row that two beams continue is copied."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, *, max_len: int | None = None,
@@ -45,32 +45,17 @@ class KVCache:
         self.valid[:, self.pos:self.pos + valid.size(1)] = valid
         self.padded = self.padded or not bool(valid.all())
 
-    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's (B, n_head, T, head_dim) keys/values; return all so far."""
-        if self.slots is not None:
-            raise ValueError("a reordered cache takes one-token steps (FastDecoder.step) only")
-        end = self.pos + k.size(2)
+    def views(self, T: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """For T new positions, per layer: the slot to copy their keys and values into,
+        (B, 2, n_head, T, head_dim) as the fused q/k/v product leaves them, and the keys
+        and values up to them, (B, n_head, pos + T, head_dim) each. The one way into the
+        cache; views made once a forward for every layer (a layer's own slicing costs as
+        much as its copy)."""
+        end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        keys, values = self.kv[layer].unbind(1)
-        keys[:, :, self.pos:end] = k
-        values[:, :, self.pos:end] = v
-        return keys[:, :, :end], values[:, :, :end]
-
-    def step_views(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """For one new position, the fast decoder's path, per layer: the slot to copy this
-        step's keys and values into, (B, 2, n_head, 1, head_dim) as the fused q/k/v
-        product leaves them, and the keys and values up to it, (B, n_head, pos + 1,
-        head_dim) each. Views made once a step for every layer (a layer's own slicing
-        costs as much as its copy)."""
-        if self.pos >= self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos + 1} were asked for")
-        keys, values = self.kv.narrow(4, 0, self.pos + 1).unbind(2)  # (n_layer, B, n_head, pos + 1, head_dim)
-        return list(zip(self.kv.narrow(4, self.pos, 1).unbind(0), keys.unbind(0), values.unbind(0)))
-
-    def step_mask(self) -> torch.Tensor | None:
-        """The attention mask for one new query: (B, 1, 1, S) where padding was stored, else None."""
-        return self.valid[:, None, None, :self.pos + 1] if self.padded else None
+        keys, values = self.kv.narrow(4, 0, end).unbind(2)  # (n_layer, B, n_head, end, head_dim)
+        return list(zip(self.kv.narrow(4, self.pos, T).unbind(0), keys.unbind(0), values.unbind(0)))
 
     def advance(self, n: int) -> None:
         self.pos += n
@@ -120,6 +105,8 @@ class KVCache:
     def attention_mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
         """(mask, is_causal) for T new queries after the stored positions."""
         past, device = self.pos, self.valid.device
+        if T == 1 and self.padded:  # one real query (a step): it may see every real key
+            return self.valid[:, None, None, :past + 1], False
         if not self.padded:
             if T == 1:
                 return None, False  # one new query may see every stored position
