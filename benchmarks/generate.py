@@ -51,26 +51,24 @@ def load_engine(engine: str, folder: Path, threads: int, device: str = "cpu"):
     if engine.startswith("gptcli"):
         import torch
 
-        from gptcli import checkpoint as ckpt
         from gptcli.config import SampleConfig
-        from gptcli.decoding import beam_search, decode_steps
+        from gptcli.generation.engine import Generator
 
         torch.set_num_threads(threads)
-        model, _, _ = ckpt.load_run(folder / "run", device)
         weights = {"gptcli": "float32", "gptcli-fp16": "float16", "gptcli-int8": "int8"}[engine]
+        gen = Generator(folder / "run", device=device, dtype=weights)
 
         def run(case, prompts, new):
-            with torch.inference_mode():
-                if case == "beam4":
-                    cfg = SampleConfig(strategy="beam", num_beams=4, max_new_tokens=new)
-                    return [beam_search(model, prompts[0], cfg, -1, weights)[0].tokens]
-                if case == "topk":
-                    cfg = SampleConfig(strategy="sample", max_new_tokens=new, temperature=1.0, top_k=50, top_p=None)
-                    gens = [torch.Generator(device=device).manual_seed(i) for i in range(len(prompts))]
-                else:
-                    cfg, gens = SampleConfig(strategy="greedy", max_new_tokens=new), None
-                steps = list(decode_steps(model, prompts, cfg, -1, gens, weights))
-                return [[s[0][i] for s in steps] for i in range(len(prompts))]
+            if case == "beam4":
+                cfg = SampleConfig(strategy="beam", num_beams=4, max_new_tokens=new)
+                return [gen.beams(prompts[0], cfg, stop_at_eot=False)[0].tokens]
+            if case == "topk":
+                cfg = SampleConfig(strategy="sample", max_new_tokens=new, temperature=1.0, top_k=50, top_p=None)
+                gens = [torch.Generator(device=device).manual_seed(i) for i in range(len(prompts))]
+            else:
+                cfg, gens = SampleConfig(strategy="greedy", max_new_tokens=new), None
+            steps = list(gen.steps(prompts, cfg, gens, stop_at_eot=False))
+            return [[s[0][i] for s in steps] for i in range(len(prompts))]
         return run
     if engine.startswith("ctranslate2"):
         import ctranslate2
@@ -148,10 +146,11 @@ def prepare(shape: str, folder: Path, ct2: bool = True) -> None:
     converter)."""
     import torch
 
-    from gptcli import checkpoint as ckpt
-    from gptcli import weights, workspace
+    from gptcli import workspace
     from gptcli.config import ModelConfig, preset
     from gptcli.model import GPT
+    from gptcli.store import checkpoint as ckpt
+    from gptcli.store import weights
     from gptcli.tokenizer import BPETokenizer
 
     run = folder / "run"
@@ -245,8 +244,8 @@ def print_quality(run: Path) -> None:
     through the decoder's own step (teacher forcing), the path generation takes."""
     import torch
 
-    from gptcli import checkpoint as ckpt
-    from gptcli.decoders import FastDecoder
+    from gptcli.generation.decoders import FastDecoder
+    from gptcli.store import checkpoint as ckpt
 
     model, tok, _ = ckpt.load_run(run)
     text = CORPUS.read_text(encoding="utf-8")

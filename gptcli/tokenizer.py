@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from gptcli import atomic
 from gptcli.config import MIN_VOCAB
 from gptcli.errors import UsageError, first_line
+from gptcli.store import atomic
 from gptcli.workspace import TOKENIZER_FILE
 
 EOT = "<|endoftext|>"
@@ -202,3 +202,12 @@ class StreamDecoder:
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
 
+
+def check_text(text: str, what: str) -> str:
+    """Text given as an argument: Python hands invalid UTF-8 in argv over as lone
+    surrogates, which no tokenizer (and no output) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what} is not valid UTF-8 text (a bad byte at character {e.start})") from None
+    return text

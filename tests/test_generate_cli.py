@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from gptcli.commands import generate
-from gptcli.decoders import has_fp16_kernel
+from gptcli.generation import engine
+from gptcli.generation.kernels import has_fp16_kernel
 
 from helpers import TINY_FLAGS, assert_clean_error, cli, run_gptcli
 
@@ -43,10 +43,10 @@ def test_streamed_text_equals_final_text_for_cjk_and_emoji(cjk_run):
 
 
 def test_stream_pieces_are_whole_characters(cjk_run):
-    from gptcli.checkpoint import load_run
     from gptcli.commands.generate import GenerateRequest, run
     from gptcli.config import SampleConfig
     from gptcli.console import Console
+    from gptcli.store.checkpoint import load_run
 
     class Recorder:
         def __init__(self):
@@ -211,7 +211,7 @@ def test_reduced_weights_generate_through_every_strategy(dtype, cjk_run, monkeyp
 
 
 def test_float16_without_fbgemm_is_a_clear_error(cjk_run, monkeypatch, capsys):
-    monkeypatch.setattr(generate, "has_fp16_kernel", lambda: False)
+    monkeypatch.setattr(engine, "has_fp16_kernel", lambda: False)
     code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-p", "春", "--dtype", "float16")
     assert_clean_error(code, out, err, match="needs FBGEMM")
 

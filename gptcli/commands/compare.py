@@ -20,18 +20,19 @@ from pathlib import Path
 
 import torch
 
-from gptcli import atomic, folders, plots
-from gptcli import checkpoint as ckpt
+from gptcli import plots
+from gptcli.architectures import ARCHITECTURES
 from gptcli.commands import inputs, train
-from gptcli.config import ARCHS, SampleConfig, flag
+from gptcli.config import SampleConfig, flag
 from gptcli.console import Console
 from gptcli.corpus import documents
 from gptcli.data import random_windows
-from gptcli.decoding import decode_steps
 from gptcli.device import pick_device, pick_precision
 from gptcli.errors import GptcliError, UsageError
+from gptcli.generation.engine import Generator
 from gptcli.scoring import score_windows
-from gptcli.tokenizer import BPETokenizer
+from gptcli.store import atomic, folders
+from gptcli.store import checkpoint as ckpt
 
 GENERATE_TOKENS = 128  # timed greedy tokens per arch
 POSITION_WINDOWS = 1024  # validation windows (at random starts) averaged for the loss by position
@@ -90,14 +91,16 @@ def _num(x: float | None) -> str:
 def check_request(req: CompareRequest) -> None:
     if "-" in req.paths or "-" in req.val:
         raise UsageError("compare reads the corpus once per architecture: save stdin to a file and pass that")
-    unknown = [a for a in req.archs if a not in ARCHS]
+    unknown = [a for a in req.archs if a not in ARCHITECTURES]
     if unknown:
-        raise UsageError(f"--arch {unknown[0]} is not one of {', '.join(ARCHS)}")
+        raise UsageError(f"--arch {unknown[0]} is not one of {', '.join(ARCHITECTURES)}")
     if len(set(req.archs)) != len(req.archs):
         raise UsageError("--arch names an architecture twice")
-    for name in ("n_embd", "n_head", "pos_encoding"):
+    shape = ("n_embd", *(name for a in ARCHITECTURES.values() for name, _ in a.unused))  # not every arch has these
+    for name in dict.fromkeys(shape):
         if name in req.settings:
-            raise UsageError(f"compare sizes each architecture to match the preset's GPT: it takes no {flag(name)}")
+            raise UsageError(f"compare sizes and trains each architecture alike to match the preset's GPT: it takes "
+                             f"no {flag(name)}")
     folders.check_out(req.out, req.overwrite, label=f"--out {req.out}", kind="a comparison folder",
                       is_kind=lambda p: (p / "summary.json").is_file())
 
@@ -146,8 +149,8 @@ def _measure(req: CompareRequest, records: list[dict], console: Console) -> None
     device = pick_device(req.settings.get("device", "auto"))
     for r in records:
         run_dir = req.out / r["arch"]
-        model, tok, doc = ckpt.load_run(run_dir, device)
-        summary = doc["training"]
+        engine = Generator(run_dir, device=device.type)
+        model, tok, summary = engine.model, engine.tokenizer, engine.run_config["training"]
         speeds = [m["tokens_per_sec"] for m in ckpt.read_metrics(run_dir) if m["type"] == "train"]
         block = model.config.block_size
         windows = torch.from_numpy(random_windows(val.tokens, block, POSITION_WINDOWS))
@@ -159,7 +162,7 @@ def _measure(req: CompareRequest, records: list[dict], console: Console) -> None
                  summary["tokens_seen"] / max(summary["elapsed_sec"], 1e-9),
                  best_val_bpb=summary.get("best_val_bpb"), best_val_loss=summary.get("best_val_loss"),
                  loss_by_position=[round(float(x), 5) for x in score.loss_by_position],
-                 **_generation(model, tok, [int(t) for t in val.tokens[:16]]))
+                 **_generation(engine, [int(t) for t in val.tokens[:16]]))
         console.info(f"compare: measured {r['arch']}")
 
 
@@ -173,17 +176,16 @@ def _val_fraction(run_dir: Path) -> float:
     return ckpt.read_config(run_dir)["training"]["config"].get("val_fraction", 0.1)
 
 
-def _generation(model, tok: BPETokenizer, prompt: list[int]) -> dict:
+def _generation(engine: Generator, prompt: list[int]) -> dict:
     """Greedy tokens/s at batch 1 (end-of-text ignored, so every arch makes as many), and
     a short greedy sample for summary.json."""
     cfg = SampleConfig(strategy="greedy", max_new_tokens=GENERATE_TOKENS)
-    times = []
-    with torch.inference_mode():
-        list(decode_steps(model, [prompt], SampleConfig(strategy="greedy", max_new_tokens=8), -1))  # warm up
-        for _ in range(3):
-            t0 = time.perf_counter()
-            ids = [step[0][0] for step in decode_steps(model, [prompt], cfg, -1)]
-            times.append(time.perf_counter() - t0)
+    tok, times = engine.tokenizer, []
+    list(engine.steps([prompt], SampleConfig(strategy="greedy", max_new_tokens=8), stop_at_eot=False))  # warm up
+    for _ in range(3):
+        t0 = time.perf_counter()
+        ids = [step[0][0] for step in engine.steps([prompt], cfg, stop_at_eot=False)]
+        times.append(time.perf_counter() - t0)
     return {"generate_tokens_per_second": len(ids) / max(statistics.median(times), 1e-9),
             "sample": tok.decode(prompt) + tok.decode([i for i in ids[:60] if i != tok.eot_id])}
 

@@ -16,7 +16,7 @@ from gptcli.console import Console
 from gptcli.corpus import Document
 from gptcli.data import Split, TokenFile, lookup_cache, split_train_val, tokenize_to_cache
 from gptcli.errors import UsageError
-from gptcli.tokenizer import BPETokenizer
+from gptcli.tokenizer import BPETokenizer, check_text
 
 MAX_STDIN_TEXT = 256 << 20  # what a prompt or a list of ids read whole from stdin may hold
 
@@ -48,14 +48,11 @@ def read_stdin_text() -> str:
         raise UsageError(f"stdin is not UTF-8 text (invalid byte at {e.start})") from None
 
 
-def check_text(text: str, what: str) -> str:
-    """Text given as an argument: Python hands invalid UTF-8 in argv over as lone
-    surrogates, which no tokenizer (and no output) can take."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise UsageError(f"{what} is not valid UTF-8 text (a bad byte at character {e.start})") from None
-    return text
+def prompt_text(prompt: str | None, what: str = "--prompt") -> str:
+    """--prompt's text: stdin for - (or when none is given and stdin is piped)."""
+    if prompt == "-" or (prompt is None and stdin_is_piped()):
+        return read_stdin_text()
+    return check_text(prompt or "", what)
 
 
 def stdin_is_piped() -> bool:
