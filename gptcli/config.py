@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gptcli.architectures import ARCHITECTURES
+from gptcli.architectures import of as architecture
 from gptcli.errors import Setting as S
 from gptcli.errors import SettingError, UsageError
 from gptcli.settings import check, format_duration, parse_duration, setting, specs
@@ -22,19 +24,29 @@ MAX_SEED = 2**32 - 1  # what every RNG gptcli seeds accepts
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+_WITH_OPTIONS: list[type] = []  # every settings class whose fields the CLI gives as options
+
+
+def with_options(cls: type) -> type:
+    """Mark a settings class as one the CLI gives options for (flag() searches them)."""
+    _WITH_OPTIONS.append(cls)
+    return cls
+
+
 def flag(setting: str) -> str:
     """`n_embd` -> `--n-embd`; `num_beams` -> `--beams`: the option a setting is given by
     (a setting no option gives, like beta1, keeps its name)."""
-    for cls in (ModelConfig, TrainConfig, SampleConfig, GenerateOptions, EvalOptions, AttentionOptions):
+    for cls in _WITH_OPTIONS:
         if setting in specs(cls):
             given = specs(cls)[setting][1].flag
             return setting if given == "" else (given or "--" + setting.replace("_", "-")).split("/")[0]
     return "--" + setting.replace("_", "-")
 
 
-ARCHS = ("gpt", "lstm", "gru", "rnn")  # rnn: the Elman RNN (tanh)
+ARCHS = tuple(ARCHITECTURES)
 
 
+@with_options
 @dataclass
 class ModelConfig:
     arch: str = setting("gpt", "The architecture: gpt, or a recurrent network (lstm, gru, rnn) as large as the "
@@ -54,18 +66,9 @@ class ModelConfig:
                                 choices=("learned", "sinusoidal"))
     layer_norm_eps: float = setting(1e-5, "LayerNorm epsilon (GPT-2's).", low=0.0, high=1.0, open_low=True, flag="")
 
-    @property
-    def recurrent(self) -> bool:
-        return self.arch != "gpt"
-
     def validate(self) -> ModelConfig:
         check(self)
-        if self.recurrent:  # heads and positions are GPT's: a recurrent model has neither
-            return self
-        if self.n_embd % self.n_head:
-            raise SettingError(S("n_embd"), f" {self.n_embd} is not divisible by ", S("n_head"), f" {self.n_head}")
-        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise SettingError(S("pos_encoding"), " sinusoidal needs an even ", S("n_embd"), f", got {self.n_embd}")
+        architecture(self).validate(self)
         return self
 
     @property
@@ -80,6 +83,7 @@ class ModelConfig:
 DEFAULT_MAX_STEPS = 2000  # when no --max-steps, --max-time or --epochs is given
 
 
+@with_options
 @dataclass
 class TrainConfig:
     batch_size: int = setting(16, "Sequences per micro-batch.", low=1, high=2**16)
@@ -104,23 +108,25 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "Fraction of the corpus tokens, taken from the end, held out for validation "
                                   "(when no --val is given).", low=0.0, high=1.0, open_low=True, open_high=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps.", low=1, high=10**9,
-                                    default_text=f"{DEFAULT_MAX_STEPS:,} if no other limit")
+                                    default_text=f"{DEFAULT_MAX_STEPS:,} if no other limit", resumable=True)
     max_time: float | None = setting(None, "Stop after this much training time, e.g. 90s, 10m, 1h.", low=0.0,
                                      high=10**7, open_low=True, parse=parse_duration, show=format_duration,
-                                     metavar="DURATION")
+                                     metavar="DURATION", resumable=True)
     epochs: float | None = setting(None, "Stop after this many passes over the training tokens.", low=0.0,
-                                   high=10**6, open_low=True)
+                                   high=10**6, open_low=True, resumable=True)
     eval_interval: int = setting(200, "Steps between evaluations and checkpoints.", low=1, high=10**9)
     eval_iters: int = setting(20, "Batches per evaluation.", low=1, high=10**6)
     patience: int | None = setting(None, "Stop after this many evaluations without a better validation loss.",
-                                   low=1, high=10**6)
-    log_interval: int = setting(50, "Steps between progress updates and metrics lines.", low=1, high=10**9)
+                                   low=1, high=10**6, resumable=True)
+    log_interval: int = setting(50, "Steps between progress updates and metrics lines.", low=1, high=10**9,
+                                resumable=True)
     seed: int = setting(1337, "Random seed: same seed, data and machine, same losses.", low=0, high=MAX_SEED)
-    device: str = setting("auto", "Where to train: auto picks cuda, then mps, then cpu.", choices=DEVICES)
+    device: str = setting("auto", "Where to train: auto picks cuda, then mps, then cpu.", choices=DEVICES,
+                          resumable=True)
     dtype: str = setting("auto", "Precision: auto picks bf16 where the hardware runs it fast.",
                          choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = setting(False, "torch.compile the model (falls back to eager if it fails).",
-                            flag="--compile/--no-compile")
+                            flag="--compile/--no-compile", resumable=True)
 
     def validate(self) -> TrainConfig:
         check(self)
@@ -169,23 +175,25 @@ def preset(name: str) -> dict[str, dict]:
     return PRESETS[name]
 
 
+@with_options
 @dataclass
 class SampleConfig:
     strategy: str = setting("sample", "greedy, sample or beam.", choices=("greedy", "sample", "beam"), flag="")
     max_new_tokens: int = setting(256, "Tokens to generate per output.", low=0, high=10**7, short="-n")
-    temperature: float = setting(0.8, "Sampling temperature; 0 means greedy.", low=0.0, high=1e4)
-    top_k: int | None = setting(None, "Sample from the k most likely tokens.", low=1, high=2**22)
+    temperature: float = setting(0.8, "Sampling temperature; 0 means greedy.", low=0.0, high=1e4, applies="sample")
+    top_k: int | None = setting(None, "Sample from the k most likely tokens.", low=1, high=2**22, applies="sample")
     top_p: float | None = setting(0.95, "Sample from the smallest set reaching probability p.", low=0.0, high=1.0,
-                                  open_low=True, default_text="0.95 unless --top-k")
+                                  open_low=True, default_text="0.95 unless --top-k", applies="sample")
     repetition_penalty: float = setting(1.0, "Above 1 discourages tokens already in the context.", low=1e-6,
                                         high=1e6)
-    num_samples: int = setting(1, "Sampled outputs per prompt.", low=1, high=10**6)
+    num_samples: int = setting(1, "Sampled outputs per prompt.", low=1, high=10**6, applies="sample")
     num_beams: int = setting(1, "Beam search with this many beams.", low=1, high=1024, flag="--beams",
                              default_text="no beam search")
-    length_penalty: float = setting(1.0, "Beam score = log-prob sum / length**this.", low=-100.0, high=100.0)
+    length_penalty: float = setting(1.0, "Beam score = log-prob sum / length**this.", low=-100.0, high=100.0,
+                                    applies="beam")
     early_stopping: bool = setting(False, "Beam: stop once --beams hypotheses are finished (HF semantics).",
-                                   flag="--early-stopping")
-    num_return: int = setting(1, "Beam: best hypotheses to return per prompt.", low=1, high=1024)
+                                   flag="--early-stopping", applies="beam")
+    num_return: int = setting(1, "Beam: best hypotheses to return per prompt.", low=1, high=1024, applies="beam")
     stop: tuple[str, ...] = setting((), "Cut the output before this string; repeatable.")
     seed: int = setting(0, "Seed for sampling (any 64-bit integer).", low=-(2**63), high=2**63 - 1,
                         default_text="random, reported by --json")
@@ -199,7 +207,40 @@ class SampleConfig:
             raise SettingError(S("stop"), " strings must not be empty")
         return self
 
+    @classmethod
+    def settle(cls, given: dict, greedy: bool = False) -> SampleConfig:
+        """The strategy the settings given ask for (only the fields that were set),
+        refusing contradictions instead of silently ignoring a setting: which settings
+        apply to sampling only or beams only is each field's `applies`."""
+        given = dict(given)
+        beams = given.get("num_beams", 1)
+        greedy = greedy or given.get("temperature") == 0
+        applies = {name: spec.applies for name, (_, spec) in specs(cls).items() if name in given}
+        sampling = [f for f, kind in applies.items() if kind == "sample"]  # in field order
+        beam_only = [f for f, kind in applies.items() if kind == "beam"]
+        if beams > 1:
+            if greedy or sampling:
+                culprit = "greedy" if greedy and "temperature" not in given else sampling[0]
+                raise SettingError(S("num_beams"), f" {beams} searches, it does not sample: drop ", S(culprit))
+            strategy = "beam"
+        else:
+            if beam_only:
+                raise SettingError(S(beam_only[0]), " only applies to beam search: add ", S("num_beams"), " N (N > 1)")
+            if greedy:
+                extra = [f for f in sampling if f != "temperature" and not (f == "num_samples" and given[f] == 1)]
+                if extra or ("temperature" in given and given["temperature"] != 0):
+                    raise SettingError("greedy decoding takes the most likely token: ",
+                                       S(extra[0] if extra else "temperature"), " does not apply")
+                given.pop("temperature", None)
+                strategy = "greedy"
+            else:
+                strategy = "sample"
+                if "top_k" in given and "top_p" not in given:
+                    given["top_p"] = None  # an explicit --top-k replaces the default nucleus
+        return cls(strategy=strategy, **given).validate()
 
+
+@with_options
 @dataclass
 class GenerateOptions:
     """generate's own options, beside the sampling settings."""
@@ -215,6 +256,7 @@ class GenerateOptions:
         return self
 
 
+@with_options
 @dataclass
 class EvalOptions:
     """eval's options."""
@@ -229,6 +271,7 @@ class EvalOptions:
         return self
 
 
+@with_options
 @dataclass
 class AttentionOptions:
     """attention's options."""

@@ -34,6 +34,8 @@ class Spec:
     flag: str | None = None  # the CLI option when it is not --field-name; "" for none
     short: str | None = None  # a one-letter alias, e.g. -n
     default_text: str | None = None  # what the default means, when its value does not say it
+    applies: str | None = None  # the one strategy this setting changes (sampling: "sample", beams: "beam")
+    resumable: bool = False  # a training setting a resumed run may change (the others must match the run's)
     parse: Callable[[str], Any] | None = None  # for options given as text, e.g. durations
     show: Callable[[Any], str] | None = None  # and how such a value is written back
     metavar: str | None = None

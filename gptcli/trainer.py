@@ -28,19 +28,27 @@ from gptcli.optimizers import lr_at, make_optimizer
 from gptcli.scoring import score_tokens, score_windows
 
 
+def _field(default, help: str, optional: bool = False):
+    """A TrainState field: its help text feeds docs/run-folder.md; `optional` ones may be
+    absent from a saved state (added after runs were saved without them)."""
+    return field(default=default, metadata={"help": help, "optional": optional})
+
+
 @dataclass
 class TrainState:
-    """Everything about the loop's position that resume needs (saved as JSON)."""
+    """Everything about the loop's position that resume needs, saved as trainer_state.json's
+    "trainer" object. The file's schema and its reference are made from these fields."""
 
-    step: int = 0  # optimizer steps done
-    tokens_seen: int = 0
-    elapsed: float = 0.0  # seconds of training so far, across resumes
-    total_steps: int | None = None  # the step limit (--max-steps, --epochs); None for a time budget alone
-    best_val_loss: float | None = None
-    best_step: int | None = None
-    evals_since_best: int = 0
-    last_eval: dict = field(default_factory=dict)
-    regularization: float | None = None  # the share of dropout and weight decay, once settled
+    step: int = _field(0, "optimizer steps done")
+    tokens_seen: int = _field(0, "training tokens seen, by every rank together")
+    elapsed: float = _field(0.0, "seconds of training so far, across resumes")
+    total_steps: int | None = _field(None, "the step limit (--max-steps, --epochs); null for a time budget alone")
+    best_val_loss: float | None = _field(None, "the best validation loss so far")
+    best_step: int | None = _field(None, "the step that reached it")
+    evals_since_best: int = _field(0, "evaluations since then (--patience counts them)")
+    last_eval: dict = field(default_factory=dict, metadata={"help": "the last evaluation's metrics record"})
+    regularization: float | None = _field(None, "the share of dropout and weight decay, once settled "
+                                          "(--regularize-beyond); absent in older runs", optional=True)
 
 
 class Hooks:

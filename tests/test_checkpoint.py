@@ -8,11 +8,11 @@ import pickle
 import pytest
 import torch
 
-from gptcli import checkpoint as ckpt
 from gptcli.architectures import build
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError
-from gptcli.weights import read_tensors, save_weights
+from gptcli.store import checkpoint as ckpt
+from gptcli.store.weights import read_tensors, save_weights
 
 
 def _run(tmp_path, tok, **kw):
@@ -76,6 +76,25 @@ def test_optimizer_state_round_trips(tmp_path, mixed_tokenizer):
         assert torch.equal(p, p2)
         for name in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(opt.state[p][name], opt2.state[p2][name]), name
+
+
+@pytest.mark.parametrize("value, error", [("a lot", "trainer.regularization must be"), (0.5, None),
+                                          (None, None), ("absent", None)])
+def test_every_trainer_state_field_is_type_checked_on_load(tmp_path, mixed_tokenizer, value, error):
+    """The schema is TrainState's own fields: `regularization` (the field the
+    hand-written schema had missed) is checked, and may be absent in older runs."""
+    run, model = _run(tmp_path, mixed_tokenizer)
+    saved = _trainer_state()
+    if value == "absent":
+        del saved["trainer"]["regularization"]
+    else:
+        saved["trainer"]["regularization"] = value
+    ckpt.save_resume(run, model, torch.optim.AdamW(model.parameters()), saved)
+    if error:
+        with pytest.raises(UsageError, match=error):
+            ckpt.read_trainer_state(run)
+    else:
+        assert ckpt.read_trainer_state(run)["trainer"] == saved["trainer"]
 
 
 def test_config_disagreeing_with_weights_is_named(tmp_path, mixed_tokenizer):

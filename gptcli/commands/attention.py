@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint as ckpt
-from gptcli import folders
+from gptcli.architectures import of as architecture
 from gptcli.attention import attention_maps
 from gptcli.config import AttentionOptions
 from gptcli.console import Console
 from gptcli.device import pick_device
 from gptcli.errors import UsageError
+from gptcli.store import checkpoint as ckpt
+from gptcli.store import folders
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
@@ -108,7 +109,7 @@ def run(req: AttentionRequest, console: Console) -> AttentionResult:
         folders.check_file_out(req.out, "--out")
     run_dir = ckpt.resolve_run(req.checkpoint, console.info)
     cfg = ckpt.model_config(ckpt.read_config(run_dir), run_dir)
-    if cfg.recurrent:
+    if not architecture(cfg).attention_maps:
         raise UsageError(f"attention maps need a GPT: {run_dir} is an {cfg.arch} model, which has no attention")
     if opts.layer is not None and opts.layer >= cfg.n_layer:
         raise UsageError(f"--layer must be between 0 and {cfg.n_layer - 1} (the model has {cfg.n_layer} layers), "

@@ -13,15 +13,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli import checkpoint as ckpt
-from gptcli import folders, weights
+from gptcli.architectures import of as architecture
 from gptcli.budget import check_model
 from gptcli.errors import UsageError
-from gptcli.hf_weights import from_hf_header, from_hf_state_dict, hf_config, model_config_from_hf, to_hf_state_dict
 from gptcli.model import GPT
-from gptcli.readers import read_header, read_json
-from gptcli.runlock import lock_owner, run_lock
 from gptcli.settings import to_dict
+from gptcli.store import checkpoint as ckpt
+from gptcli.store import folders, weights
+from gptcli.store.hf_weights import (
+    from_hf_header,
+    from_hf_state_dict,
+    hf_config,
+    model_config_from_hf,
+    to_hf_state_dict,
+)
+from gptcli.store.readers import read_header, read_json
+from gptcli.store.runlock import lock_owner, run_lock
 from gptcli.tokenizer import EOT, BPETokenizer
 from gptcli.workspace import TOKENIZER_FILE
 
@@ -113,7 +120,7 @@ def export_hf(req: HFRequest) -> HFResult:
     """Write a run folder as an HF GPT-2 folder that transformers loads."""
     run, out = req.src, req.out
     cfg = ckpt.model_config(ckpt.read_config(run), run)
-    if cfg.recurrent:
+    if not architecture(cfg).exports_hf:
         raise UsageError(f"{run} is an {cfg.arch} model: export-hf writes GPT-2 folders, and only a gpt model is one")
     model, tok, _ = ckpt.load_run(run)
     if cfg.pos_encoding != "learned":

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli import budget, distributed, folders, workspace
-from gptcli import checkpoint as ckpt
+from gptcli import budget, distributed, workspace
 from gptcli.architectures import build
+from gptcli.architectures import of as architecture
 from gptcli.commands import inputs
 from gptcli.commands.run_folder import RunFolderHooks
 from gptcli.commands.train_plan import (
@@ -39,8 +39,10 @@ from gptcli.data import Split, check_fits
 from gptcli.device import Precision, cpu_caps, pick_device, pick_precision, seed_everything
 from gptcli.distributed import Dist
 from gptcli.errors import GptcliError, UsageError, first_line
-from gptcli.runlock import run_lock
 from gptcli.settings import from_dict, to_dict
+from gptcli.store import checkpoint as ckpt
+from gptcli.store import folders
+from gptcli.store.runlock import run_lock
 from gptcli.tokenizer import BPETokenizer
 from gptcli.trainer import Trainer
 from gptcli.workspace import TOKENIZER_FILE
@@ -245,9 +247,7 @@ def _train(run: Path, s: _Setup, console: Console, resume: bool) -> TrainResult:
     train_cfg, model_cfg = s.plan.train_cfg, s.model_cfg
     model = _model(model_cfg, train_cfg, s.dist, s.precision.device, s.plan.init_weights)
     s.summary["params"] = model.num_params()
-    shape = (f"{model_cfg.arch}, {model_cfg.n_layer} layers, {model_cfg.n_embd} wide, windows of "
-             f"{model_cfg.block_size}" if model_cfg.recurrent else f"{model_cfg.n_layer} layers, {model_cfg.n_head} "
-             f"heads, {model_cfg.n_embd} wide, context {model_cfg.block_size}")
+    shape = architecture(model_cfg).describe(model_cfg)
     cpu = f" ({cpu_caps().describe()})" if s.precision.device.type == "cpu" else ""
     console.info(f"model: {model.num_params() / 1e6:.2f}M parameters, {shape} | {s.precision.device.type} "
                  f"{s.precision.name}{cpu}" + (f" | {s.dist.world} processes" if s.dist.active else ""))

@@ -9,20 +9,22 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptcli import budget, folders, workspace
-from gptcli import checkpoint as ckpt
-from gptcli.architectures import param_count
+from gptcli import budget, workspace
+from gptcli.architectures import ARCHITECTURES, param_count
+from gptcli.architectures import of as architecture
 from gptcli.config import DEFAULT_MAX_STEPS, DEFAULT_PRESET, ModelConfig, TrainConfig, flag, preset
 from gptcli.corpus import Document
-from gptcli.errors import UsageError
-from gptcli.recurrent import matched_width
-from gptcli.runlock import lock_owner, refuse_if_locked
-from gptcli.settings import from_dict, to_dict
+from gptcli.errors import Setting as S
+from gptcli.errors import SettingError, UsageError
+from gptcli.settings import from_dict, specs, to_dict
+from gptcli.store import checkpoint as ckpt
+from gptcli.store import folders
+from gptcli.store.runlock import lock_owner, refuse_if_locked
 from gptcli.tokenizer import BPETokenizer
 from gptcli.workspace import TOKENIZER_FILE
 
 # Settings a resumed run may change: where it runs and when it stops.
-RESUMABLE = ("max_steps", "max_time", "epochs", "patience", "device", "compile", "log_interval")
+RESUMABLE = tuple(name for name, (_, spec) in specs(TrainConfig).items() if spec.resumable)
 
 
 @dataclass
@@ -48,7 +50,9 @@ def settings_for(preset_name: str, given: dict, from_scratch: bool = True) -> tu
     width is matched later (matched_shape)."""
     chosen = preset(preset_name)
     arch = given.get("arch", chosen["model"].get("arch", "gpt"))
-    muon_default = "muon" in chosen and arch == "gpt" and from_scratch
+    if arch not in ARCHITECTURES:
+        raise SettingError(S("arch"), f" must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+    muon_default = "muon" in chosen and ARCHITECTURES[arch].muon_recipe and from_scratch
     layers = [chosen["model"], chosen["train"]]
     if given.get("optimizer", "muon" if muon_default else "adamw") == "muon":
         layers.append(chosen.get("muon", {}))
@@ -56,23 +60,22 @@ def settings_for(preset_name: str, given: dict, from_scratch: bool = True) -> tu
     model_names = {f.name for f in dataclasses.fields(ModelConfig)}
     model = {k: v for k, v in settings.items() if k in model_names}
     train = {k: v for k, v in settings.items() if k not in model_names}
-    if model.get("arch", "gpt") != "gpt":
-        for name in ("pos_encoding", "n_head", "attn_dropout"):
-            if name in given:
-                raise UsageError(f"{flag(name)} does not apply to --arch {model['arch']}: a recurrent model has no "
-                                 "attention heads or positions")
-        model["n_head"], model["attn_dropout"] = 1, None
+    for name, value in ARCHITECTURES[arch].unused:
+        if name in given:
+            raise UsageError(f"{flag(name)} does not apply to --arch {arch}: a recurrent model has no "
+                             "attention heads or positions")
+        model[name] = value
     return ModelConfig(**model), TrainConfig(**train)
 
 
 def matched_shape(cfg: ModelConfig, preset_name: str, given: dict) -> ModelConfig:
     """A recurrent model as large as the preset's GPT (same vocabulary and depth; the
     width solved for the parameter count), unless the user set the width."""
-    if not cfg.recurrent or "n_embd" in given:
+    if "n_embd" in given:
         return cfg
     shape = preset(preset_name)["model"]
     gpt = dataclasses.replace(cfg, arch="gpt", n_embd=shape["n_embd"], n_head=shape["n_head"])  # the GPT it stands for
-    return dataclasses.replace(cfg, n_embd=matched_width(cfg, param_count(gpt)))
+    return architecture(cfg).sized_like(cfg, param_count(gpt))
 
 
 # -- planning: every check before any work ------------------------------------------
