@@ -22,9 +22,9 @@ import torch
 from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data import BatchSampler, spread_windows
 from gptcli.device import pick_precision
-from gptcli.hf_weights import to_hf_state_dict
 from gptcli.model import GPT
 from gptcli.optimizers import make_optimizer, param_groups
+from gptcli.store.hf_weights import to_hf_state_dict
 from gptcli.tokenizer import BPETokenizer
 
 REPO = Path(__file__).resolve().parents[1]

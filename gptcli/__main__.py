@@ -1,3 +1,3 @@
-from gptcli.cli import process_main
+from gptcli.cli.app import process_main
 
 process_main()

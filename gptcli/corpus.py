@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gptcli import atomic, workspace
+from gptcli import workspace
 from gptcli.errors import UsageError
+from gptcli.store import atomic
 from gptcli.tokenizer import safe_split
 
 READ_BYTES = 1 << 20  # raw bytes read per step

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gptcli import atomic, workspace
+from gptcli import workspace
 from gptcli.config import TrainConfig
 from gptcli.corpus import Document, iter_text_chunks
 from gptcli.errors import UsageError, first_line
 from gptcli.settings import check_value, specs
+from gptcli.store import atomic
 from gptcli.tokenizer import BPETokenizer
 
 CACHE_FORMAT = 2  # 2: entries carry their digest and largest id

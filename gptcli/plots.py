@@ -11,7 +11,7 @@ import functools
 import math
 from pathlib import Path
 
-from gptcli import atomic
+from gptcli.store import atomic
 
 MAX_LABELS = 40  # tick labels per axis before they are thinned out
 

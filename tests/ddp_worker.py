@@ -56,7 +56,7 @@ def fail_at(step: int, args: list[str]) -> None:
 
     Trainer.train_step = train_step
     sys.argv = ["gptcli", *args]
-    from gptcli.cli import main
+    from gptcli.cli.app import main
 
     main()
 

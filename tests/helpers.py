@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gptcli.cli import main
+from gptcli.cli.app import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "gptcli" / "assets" / "tinyshakespeare.txt"

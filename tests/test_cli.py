@@ -13,7 +13,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from gptcli.cli import app
+from gptcli.cli.app import app
 from gptcli.commands.train_plan import settings_for
 
 from helpers import TINY_FLAGS, assert_clean_error, cli, hold_lock, run_gptcli
@@ -200,7 +200,7 @@ def test_bad_tokenizer_and_info_input(monkeypatch, capsys, small_corpus, args, s
 @pytest.mark.slow
 def test_help_is_fast_and_does_not_import_torch(tmp_path):
     probe = ("import sys, time; t = time.perf_counter(); sys.argv = ['gptcli', 'train', '--help']\n"
-             "from gptcli.cli import main\n"
+             "from gptcli.cli.app import main\n"
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
              "heavy = [m for m in ('torch', 'tokenizers', 'safetensors', 'numpy') if m in sys.modules]\n"
              "print('HEAVY', heavy, time.perf_counter() - t, file=sys.stderr)")
@@ -275,7 +275,7 @@ def test_val_file_and_fine_tuning_with_init(monkeypatch, capsys, small_corpus, s
     assert code == 0, err
     doc = json.loads(open("base/config.json").read())
     assert doc["training"]["val_paths"] == [str(val)] and doc["training"]["val_fraction"] is None
-    from gptcli.checkpoint import load_run
+    from gptcli.store.checkpoint import load_run
 
     code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), "--init", "base", "--max-steps", "2",
                        "--batch-size", "4", "--eval-iters", "2", "--out", "tuned")
@@ -330,8 +330,8 @@ def test_a_lock_file_whose_pid_is_alive_but_unlocked_is_stale(monkeypatch, capsy
 def test_a_full_disk_fails_cleanly_and_keeps_the_last_checkpoint(monkeypatch, capsys, small_corpus):
     import errno
 
-    from gptcli import checkpoint as ckpt
-    from gptcli import weights
+    from gptcli.store import checkpoint as ckpt
+    from gptcli.store import weights
 
     run = small_corpus.parent / "run"
     assert cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "4",
@@ -375,7 +375,7 @@ def test_a_real_write_failure_in_safetensors_is_a_clear_error(trained_run):
     assert last == "error: could not write run/resume/model.safetensors: File too large", last
     assert (trained_run / "resume" / "trainer_state.json").read_bytes() == before
     assert not [p for p in trained_run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".resume.")]
-    from gptcli import checkpoint as ckpt
+    from gptcli.store import checkpoint as ckpt
 
     ckpt.load_run(trained_run)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gptcli.cli.options import help_text
 from gptcli.config import ModelConfig, SampleConfig, TrainConfig, flag
 from gptcli.errors import SettingError, UsageError, first_line
-from gptcli.options import help_text
 from gptcli.settings import from_dict, specs
 
 

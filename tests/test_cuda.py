@@ -16,8 +16,8 @@ import torch
 from gptcli.architectures import build
 from gptcli.config import ModelConfig, SampleConfig, TrainConfig
 from gptcli.data import Split
-from gptcli.decoding import decode_steps
 from gptcli.device import pick_precision, seed_everything
+from gptcli.generation.search import decode_steps
 from gptcli.trainer import Hooks, Trainer
 
 from helpers import REPO, TINY_FLAGS, run_gptcli
@@ -75,7 +75,7 @@ def _trainer(hooks, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_resume_on_cuda_continues_the_same_losses(tmp_path, dtype):
-    from gptcli import checkpoint as ckpt
+    from gptcli.store import checkpoint as ckpt
 
     straight = _Losses()
     _trainer(straight, dtype).run()

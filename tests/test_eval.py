@@ -22,7 +22,7 @@ def run(trained_run):
 
 
 def test_bits_per_byte_matches_a_hand_computation(run, monkeypatch, capsys):
-    from gptcli.checkpoint import load_run
+    from gptcli.store.checkpoint import load_run
 
     text = "To be, or not to be: that is the question. 🙂"
     (run.parent / "q.txt").write_text(text, encoding="utf-8")

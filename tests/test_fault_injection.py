@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gptcli import checkpoint as ckpt
 from gptcli.commands import run_folder
+from gptcli.store import checkpoint as ckpt
 
 from fault_injection import campaign
 from helpers import TINY_FLAGS, cli

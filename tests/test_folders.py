@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gptcli import folders
 from gptcli.errors import RunError, UsageError
+from gptcli.store import folders
 
 
 def _check(out, overwrite=False, writer=lambda p: None):

@@ -14,10 +14,10 @@ from helpers import TINY_FLAGS, assert_clean_error, cli
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from gptcli.checkpoint import load_run  # noqa: E402
 from gptcli.config import ModelConfig, SampleConfig  # noqa: E402
-from gptcli.decoding import beam_search  # noqa: E402
-from gptcli.hf_weights import hf_config  # noqa: E402
+from gptcli.generation.search import beam_search  # noqa: E402
+from gptcli.store.checkpoint import load_run  # noqa: E402
+from gptcli.store.hf_weights import hf_config  # noqa: E402
 from gptcli.tokenizer import BPETokenizer  # noqa: E402
 
 SHAPES = {  # odd on purpose: width not a power of two, 3 heads, vocab not a multiple of 64
@@ -156,7 +156,7 @@ def test_export_onto_a_full_disk_is_a_clear_error_and_leaves_out_as_it_was(train
 
     from safetensors import SafetensorError
 
-    from gptcli import weights
+    from gptcli.store import weights
 
     (trained_run.parent / "exported").mkdir()
     (trained_run.parent / "exported" / "config.json").write_text('{"model_type": "gpt2"}')  # an HF folder

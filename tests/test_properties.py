@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.model import GPT
-from gptcli.weights import save_weights
+from gptcli.store import checkpoint as ckpt
+from gptcli.store.weights import save_weights
 
 
 @settings(max_examples=300, deadline=None)

@@ -15,8 +15,8 @@ from gptcli.architectures import param_count
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError
 from gptcli.model import GPT
-from gptcli.readers import expect, read_header, read_json, read_jsonl
-from gptcli.weights import save_tensors
+from gptcli.store.readers import expect, read_header, read_json, read_jsonl
+from gptcli.store.weights import save_tensors
 
 
 def test_read_header_agrees_with_safetensors_on_a_real_file(tmp_path):

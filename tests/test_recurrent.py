@@ -11,8 +11,8 @@ import torch
 from gptcli.architectures import build, param_count
 from gptcli.commands.train_plan import matched_shape, settings_for
 from gptcli.config import PRESETS, ModelConfig, SampleConfig
-from gptcli.decoders import RecurrentDecoder
-from gptcli.decoding import beam_search, decode_steps
+from gptcli.generation.decoders import RecurrentDecoder
+from gptcli.generation.search import beam_search, decode_steps
 
 from helpers import TINY_FLAGS, assert_clean_error, cli
 

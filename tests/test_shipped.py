@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from gptcli import checkpoint as ckpt
+from gptcli.store import checkpoint as ckpt
 from gptcli.workspace import SHIPPED
 
 from helpers import REPO, cli

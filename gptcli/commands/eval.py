@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli import checkpoint as ckpt
 from gptcli.budget import check_scoring
 from gptcli.commands import inputs
 from gptcli.config import EvalOptions
@@ -19,6 +18,7 @@ from gptcli.corpus import documents
 from gptcli.device import pick_device, pick_precision
 from gptcli.errors import UsageError
 from gptcli.scoring import score_tokens
+from gptcli.store import checkpoint as ckpt
 
 
 @dataclass

@@ -7,10 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli import checkpoint as ckpt
 from gptcli.device import CpuCaps, cpu_caps
 from gptcli.errors import UsageError
-from gptcli.weights import count_params
+from gptcli.store import checkpoint as ckpt
+from gptcli.store.weights import count_params
 
 
 @dataclass

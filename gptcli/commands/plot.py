@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli import checkpoint as ckpt
-from gptcli import folders, plots
+from gptcli import plots
 from gptcli.errors import UsageError
+from gptcli.store import checkpoint as ckpt
+from gptcli.store import folders
 
 
 @dataclass

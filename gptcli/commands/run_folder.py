@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gptcli import atomic
-from gptcli import checkpoint as ckpt
 from gptcli.config import ModelConfig
 from gptcli.settings import format_duration
+from gptcli.store import atomic
+from gptcli.store import checkpoint as ckpt
+from gptcli.store.weights import save_weights
 from gptcli.tokenizer import BPETokenizer
 from gptcli.trainer import Hooks, Trainer
-from gptcli.weights import save_weights
 
 
 class RunFolderHooks(Hooks):

@@ -47,7 +47,7 @@ def child(case: dict) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as CPython sets it at start
     sys.argv = ["gptcli", *case["args"]]
-    from gptcli.cli import main
+    from gptcli.cli.app import main
 
     try:
         main()
@@ -121,7 +121,7 @@ def run(case: dict) -> dict:
 def main() -> None:
     import torch  # noqa: F401  (imported, never used: children inherit it)
 
-    import gptcli.cli  # noqa: F401
+    import gptcli.cli.app  # noqa: F401
     from gptcli.commands import eval, generate, hf, info, tokenizer, train  # noqa: F401
 
     print(json.dumps({"ready": True}), flush=True)

@@ -22,15 +22,17 @@ from pathlib import Path
 
 import torch
 
-from gptcli import atomic, folders, workspace
+from gptcli import workspace
 from gptcli.architectures import LanguageModel, build
 from gptcli.budget import check_model
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError, first_line
-from gptcli.readers import expect, read_json, read_jsonl
 from gptcli.settings import from_dict, to_dict
+from gptcli.store import atomic, folders
+from gptcli.store.readers import expect, read_json, read_jsonl, schema_of
+from gptcli.store.weights import load_weights, read_tensors, save_tensors, save_weights
 from gptcli.tokenizer import BPETokenizer
-from gptcli.weights import load_weights, read_tensors, save_tensors, save_weights
+from gptcli.trainer import TrainState
 from gptcli.workspace import TOKENIZER_FILE
 
 FORMAT = workspace.RUN_FORMAT
@@ -55,8 +57,7 @@ _RANK_STATE = {  # one process's batch sampler and random-number generators
     "rng": {"python": list, "numpy": dict, "torch": str},
 }
 TRAINER_STATE_SCHEMA = {
-    "trainer": {"step": int, "tokens_seen": int, "elapsed": float, "total_steps": (int, None),
-                "best_val_loss": (float, None), "best_step": (int, None), "evals_since_best": int, "last_eval": dict},
+    "trainer": schema_of(TrainState),
     **_RANK_STATE,  # rank 0's (the only one without torchrun)
     "world_size?": int,
     "ranks?": [_RANK_STATE],  # under torchrun: every rank's, in rank order

@@ -1,22 +1,28 @@
-"""docs/cli.md, made from the CLI's own definitions: every command, argument and option
-with its help, default and range, as `--help` shows them.
+"""The references made from their definitions: docs/cli.md from the CLI's (every command,
+argument and option with its help, default and range, as `--help` shows them), and
+docs/run-folder.md's table of trainer_state.json from TrainState's fields.
 
-    python -m gptcli.clidoc > docs/cli.md
+    python -m gptcli.cli.clidoc > docs/cli.md
+    python -m gptcli.cli.clidoc --trainer-state     # the table to paste into docs/run-folder.md
 
-A test compares docs/cli.md with `render()`, so the reference cannot go stale.
+Tests compare both docs with `render()` and `trainer_state_table()`, so neither goes stale.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import typing
+
 import typer
 import typer.main
 
-from gptcli.cli import app
+from gptcli.cli.app import app
 
 HEADER = """# CLI reference
 
 Every command, argument and option, with its default and allowed range. This file is
-generated from the option definitions (`python -m gptcli.clidoc > docs/cli.md`); a test
+generated from the option definitions (`python -m gptcli.cli.clidoc > docs/cli.md`); a test
 fails when it is stale. `gptcli COMMAND --help` shows the same text.
 
 Settings that a preset changes list each preset's value (`preset: tiny 16, small 32`).
@@ -64,5 +70,19 @@ def render() -> str:
     return "\n".join(out)
 
 
+def trainer_state_table() -> str:
+    """trainer_state.json's "trainer" object, field by field, from TrainState itself."""
+    from gptcli.trainer import TrainState
+
+    hints = typing.get_type_hints(TrainState)
+    rows = ["| field | type | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(TrainState):
+        kind = " or ".join("null" if a is type(None) else a.__name__ for a in typing.get_args(hints[f.name])) \
+            or hints[f.name].__name__
+        rows.append(f"| `{f.name}` | {kind}{' (may be absent)' if f.metadata.get('optional') else ''} | "
+                    f"{_cell(f.metadata['help'])} |")
+    return "\n".join(rows) + "\n"
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    print(trainer_state_table() if sys.argv[1:] == ["--trainer-state"] else render(), end="")

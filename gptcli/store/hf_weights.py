@@ -13,7 +13,7 @@ import torch
 
 from gptcli.config import ModelConfig
 from gptcli.errors import SettingError, UsageError
-from gptcli.readers import TensorInfo
+from gptcli.store.readers import TensorInfo
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older HF versions saved

@@ -16,10 +16,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gptcli import atomic
 from gptcli.architectures import LanguageModel
 from gptcli.errors import UsageError, first_line
-from gptcli.readers import TensorInfo, read_header
+from gptcli.store import atomic
+from gptcli.store.readers import TensorInfo, read_header
 
 TIED = "lm_head.weight"  # the same tensor as wte.weight; stored once
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")

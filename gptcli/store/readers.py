@@ -9,8 +9,10 @@ Knows nothing of what the documents mean; their schemas live with their owners.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,18 @@ def read_jsonl(path: Path) -> list[dict]:
             raise UsageError(f"{path} line {n} is not a JSON object: the file was edited or damaged")
         records.append(record)
     return records
+
+
+def schema_of(cls: type) -> dict:
+    """The schema (`expect`) of a dataclass as dataclasses.asdict saves it: each field's
+    type, `X | None` as (X, None); a field whose metadata says optional may be absent."""
+    hints = typing.get_type_hints(cls)
+    schema = {}
+    for f in dataclasses.fields(cls):
+        args = typing.get_args(hints[f.name])
+        kind = tuple(None if a is type(None) else a for a in args) if args else hints[f.name]
+        schema[f.name + ("?" if f.metadata.get("optional") else "")] = kind
+    return schema
 
 
 def expect(value: object, schema: object, where: str) -> None:

@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from gptcli import atomic
 from gptcli.errors import RunError, UsageError
+from gptcli.store import atomic
 
 
 def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Callable[[Path], bool],

@@ -16,7 +16,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from gptcli import entry, threads, workspace
+from gptcli import threads, workspace
+from gptcli.cli import entry
+from gptcli.cli.entry import stdout_wanted, writing_stdout
+from gptcli.cli.options import Checkpoint, Json, Overwrite, Prompt, Threads, TokenizerPath, settings_options
 from gptcli.config import (
     ARCHS,
     DEFAULT_PRESET,
@@ -28,10 +31,7 @@ from gptcli.config import (
     SampleConfig,
     TrainConfig,
 )
-from gptcli.entry import stdout_wanted, writing_stdout
-from gptcli.errors import ReportedElsewhere, UsageError
-from gptcli.options import Checkpoint, Json, Overwrite, Prompt, Threads, TokenizerPath, settings_options
-from gptcli.settings import pick
+from gptcli.errors import ReportedElsewhere
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -144,24 +144,10 @@ def generate(
     """Generate text from a trained model. stdout carries only the generated text (or JSON)."""
     threads.use(threads_n)
     from gptcli.commands import generate as command
-    from gptcli.commands.inputs import check_text, read_prompts, read_stdin_text, stdin_is_piped
 
     stdout_wanted()
-    if prompt is not None and prompts is not None:
-        raise UsageError("--prompt and --prompts are exclusive: give one")
-    sample = command.sample_config({"seed": command.random_seed(), **pick(SampleConfig, settings)}, greedy=greedy)
-    options = GenerateOptions(**pick(GenerateOptions, settings)).validate()
-    if prompts is not None:
-        texts = read_prompts(prompts)
-    elif prompt == "-" or (prompt is None and stdin_is_piped()):
-        texts = [read_stdin_text()]
-    else:
-        texts = [check_text(prompt or "", "--prompt")]
-    for stop in sample.stop:
-        check_text(stop, "--stop")
-    req = command.GenerateRequest(checkpoint=checkpoint, prompts=texts, sample=sample, batch_size=options.batch_size,
-                                  stream=not no_stream, json_lines=json_out, device=options.device,
-                                  dtype=options.dtype)
+    req = command.request(checkpoint, prompt, prompts, greedy, stream=not no_stream, json_lines=json_out,
+                          settings=settings)
     with writing_stdout():
         command.run(req, sys.stdout, _console())
 
@@ -268,13 +254,11 @@ def attention(
     """Show what each attention head attends to for a prompt: per token, the tokens it weighs most."""
     threads.use(threads_n)
     from gptcli.commands import attention as command
-    from gptcli.commands.inputs import check_text, read_stdin_text, stdin_is_piped
+    from gptcli.commands.inputs import prompt_text
 
     stdout_wanted()
     options = AttentionOptions(**settings).validate()
-    text = read_stdin_text() if prompt == "-" or (prompt is None and stdin_is_piped()) else check_text(prompt or "",
-                                                                                                       "--prompt")
-    result = command.run(command.AttentionRequest(checkpoint, text, options, out), _console())
+    result = command.run(command.AttentionRequest(checkpoint, prompt_text(prompt), options, out), _console())
     if not json_out and sys.stdout.isatty():
         from rich.console import Console as RichConsole
 
