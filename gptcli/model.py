@@ -25,6 +25,14 @@ if TYPE_CHECKING:  # the cache is generation's; the model only writes into it
     from gptcli.generation.kv_cache import KVCache
 
 
+# What one block computes with: (ln_1, qkv, proj, ln_2, fc + GELU, out). The norms are
+# (weight, bias) pairs; the four products are callables x (N, in) -> (N, out) with
+# add_to(x, inp) -> x + product(inp): the model's own Linear layers, or generation's
+# prepared Matmuls (kernels.py), which add in place.
+Layer = tuple
+Attend = Callable[..., torch.Tensor]
+
+
 class Linear(nn.Linear):
     """nn.Linear, optionally followed by GPT-2's tanh GELU, that can also add its output
     to the residual stream: the interface of generation's prepared kernels.Matmul, so
@@ -73,14 +81,6 @@ class Block(nn.Module):
                 (self.ln_2.weight, self.ln_2.bias), self.mlp.c_fc, self.mlp.c_proj)
 
 
-# What one block computes with: (ln_1, qkv, proj, ln_2, fc + GELU, out). The norms are
-# (weight, bias) pairs; the four products are callables x (N, in) -> (N, out) with
-# add_to(x, inp) -> x + product(inp): the model's own Linear layers, or generation's
-# prepared Matmuls (kernels.py), which add in place.
-Layer = tuple
-Attend = Callable[..., torch.Tensor]
-
-
 def norm(x: torch.Tensor, weights: tuple, eps: float) -> torch.Tensor:
     """The normalisation of every block and of the output: LayerNorm over the last dim."""
     return torch.layer_norm(x, (x.size(-1),), *weights, eps)
@@ -100,7 +100,9 @@ def run_blocks(x: torch.Tensor, B: int, T: int, layers: list[Layer], cfg: ModelC
     keys and values and every key and value up to them; None: no cache."""
     C, nh, eps = cfg.n_embd, cfg.n_head, cfg.layer_norm_eps
     for i, (ln_1, qkv_mm, proj_mm, ln_2, fc_mm, out_mm) in enumerate(layers):
-        qkv = qkv_mm(norm(x, ln_1, eps)).view(B, T, 3, nh, C // nh).permute(0, 2, 3, 1, 4)  # (B, 3, nh, T, hd)
+        qkv = qkv_mm(norm(x, ln_1, eps))  # (B * T, 3 * C)
+        # (B, 3, nh, T, hd); one new position needs no permute (its view has the same layout)
+        qkv = qkv.view(B, 3, nh, 1, C // nh) if T == 1 else qkv.view(B, T, 3, nh, C // nh).permute(0, 2, 3, 1, 4)
         if views is None:
             q, k, v = qkv.unbind(1)
         else:  # keys and values go into the cache in one copy: it is laid out as qkv[:, 1:]
@@ -204,7 +206,7 @@ class GPT(nn.Module):
                        mask, attend, dropout_p).view(B, T, -1)
         if kv_cache is not None:
             kv_cache.advance(T)
-        if last_only:
+        if last_only and T > 1:
             x = x[:, -1:]  # (B, 1, n_embd)
         if slots is not None:
             x = x.index_select(0, slots)

@@ -2,7 +2,7 @@
 stdout, and every outcome turned into gptcli's conventions (one `error:` line and exit
 code 2 for bad input, 1 for a failure, 130 for Ctrl-C, 0 when stdout's reader leaves).
 
-cli.py defines the commands; `run(app)` runs one. Imports nothing heavy.
+cli/app.py defines the commands; `run(app)` runs one. Imports nothing heavy.
 """
 
 from __future__ import annotations

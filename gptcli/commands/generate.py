@@ -3,7 +3,7 @@ the generation engine (generation/engine.py), and write what it yields as text (
 single output streams as it comes) or as JSON lines, in input order.
 
 Wiring only: the engine owns the model, the decoding and the text. This module writes
-the product to the sink cli.py hands in (any object with write, flush and isatty, such
+the product to the sink cli/app.py hands in (any object with write, flush and isatty, such
 as sys.stdout) and nothing else.
 """
 

@@ -89,7 +89,7 @@ def _tokenizer(req: TrainRequest, plan: Plan, docs: list[Document], console: Con
         tok = BPETokenizer.load(workspace.TOKENIZER)
         console.info(f"tokenizer: reusing {workspace.TOKENIZER / TOKENIZER_FILE} ({tok.vocab_size} tokens)")
     else:
-        size = req.settings.get("vocab_size", workspace.DEFAULT_VOCAB)
+        size = plan.model_cfg.vocab_size
         console.info(f"tokenizer: none found, training a {size}-token byte-level BPE on the corpus")
         t0 = time.perf_counter()
         tok = BPETokenizer.train(iter_documents_text(docs), size)

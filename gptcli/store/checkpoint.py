@@ -32,7 +32,6 @@ from gptcli.store import atomic, folders
 from gptcli.store.readers import expect, read_json, read_jsonl, schema_of
 from gptcli.store.weights import load_weights, read_tensors, save_tensors, save_weights
 from gptcli.tokenizer import BPETokenizer
-from gptcli.trainer import TrainState
 from gptcli.workspace import TOKENIZER_FILE
 
 FORMAT = workspace.RUN_FORMAT
@@ -56,13 +55,20 @@ _RANK_STATE = {  # one process's batch sampler and random-number generators
     "sampler": {"bit_generator": str, "state": {"state": int, "inc": int}, "has_uint32": int, "uinteger": int},
     "rng": {"python": list, "numpy": dict, "torch": str},
 }
-TRAINER_STATE_SCHEMA = {
-    "trainer": schema_of(TrainState),
-    **_RANK_STATE,  # rank 0's (the only one without torchrun)
-    "world_size?": int,
-    "ranks?": [_RANK_STATE],  # under torchrun: every rank's, in rank order
-    "optimizer_groups": [dict],
-}
+
+
+def trainer_state_schema() -> dict:
+    """trainer_state.json's schema; its "trainer" object is trainer.TrainState's fields
+    (imported here, not at load: generation never needs the trainer)."""
+    from gptcli.trainer import TrainState
+
+    return {
+        "trainer": schema_of(TrainState),
+        **_RANK_STATE,  # rank 0's (the only one without torchrun)
+        "world_size?": int,
+        "ranks?": [_RANK_STATE],  # under torchrun: every rank's, in rank order
+        "optimizer_groups": [dict],
+    }
 
 
 # -- config ------------------------------------------------------------------------
@@ -193,7 +199,7 @@ def restore_best(run: Path) -> bool:
 def read_trainer_state(run: Path) -> dict:
     path = resume_dir(run) / TRAINER_STATE
     state = read_json(path)
-    expect(state, TRAINER_STATE_SCHEMA, str(path))
+    expect(state, trainer_state_schema(), str(path))
     return state
 
 
