@@ -16,7 +16,7 @@ from gptcli.architectures import ARCHITECTURES
 from gptcli.architectures import of as architecture
 from gptcli.errors import Setting as S
 from gptcli.errors import SettingError, UsageError
-from gptcli.settings import check, format_duration, parse_duration, setting, specs
+from gptcli.settings import check, check_value, format_duration, parse_duration, setting, specs
 from gptcli.workspace import DEFAULT_VOCAB
 
 MIN_VOCAB = 257  # 256 byte tokens plus <|endoftext|>
@@ -213,6 +213,9 @@ class SampleConfig:
         refusing contradictions instead of silently ignoring a setting: which settings
         apply to sampling only or beams only is each field's `applies`."""
         given = dict(given)
+        for name, value in given.items():  # each value's type and range first: the rules below compare them
+            if name in specs(cls):
+                check_value(name, value, *specs(cls)[name])
         beams = given.get("num_beams", 1)
         greedy = greedy or given.get("temperature") == 0
         applies = {name: spec.applies for name, (_, spec) in specs(cls).items() if name in given}

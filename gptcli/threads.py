@@ -48,8 +48,8 @@ def others_running(samples: int = 5, interval: float = 0.002) -> int:
 def check(threads: int) -> int:
     """--threads N: between 1 and the CPUs this process may use."""
     cpus = usable_cpus()
-    if not 1 <= threads <= cpus:
-        raise UsageError(f"--threads must be between 1 and {cpus} (the CPUs this process may use), got {threads}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cpus:
+        raise UsageError(f"--threads must be between 1 and {cpus} (the CPUs this process may use), got {threads!r}")
     return threads
 
 

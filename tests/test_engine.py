@@ -73,9 +73,29 @@ def test_errors_are_the_clis_as_exceptions(trained_run, tmp_path):
     with pytest.raises(UsageError, match="unknown setting 'max_tokens'"):
         g.generate(PROMPT, max_tokens=5)
     with pytest.raises(UsageError, match="one output"):
-        next(g.stream(PROMPT, num_samples=2))
+        g.stream(PROMPT, num_samples=2)  # at the call, before any piece is asked for
     with pytest.raises(UsageError, match="not valid UTF-8"):
         g.generate("\udcff")
+    with pytest.raises(SettingError, match="stop must be a list of strings, got 123"):
+        g.generate(PROMPT, stop=123)
+    with pytest.raises(SettingError, match="num_beams must be an integer, got '4'"):
+        g.generate(PROMPT, num_beams="4")
+    with pytest.raises(UsageError, match="greedy must be true or false"):
+        g.generate(PROMPT, greedy="no")
+    with pytest.raises(UsageError, match="prompts must be a string or a list of strings"):
+        g.complete(None)
+    with pytest.raises(UsageError, match="a prompt must be a string, got bytes"):
+        g.generate([b"x"])
+    for _ in range(2):  # a refused request leaves nothing behind that changes the next
+        with pytest.raises(SettingError, match="batch_size must be"):
+            g.complete(["A", "B"], batch_size=0, max_new_tokens=3)
+    assert g.generate([], max_new_tokens=3) == []
+    with pytest.raises(SettingError, match="stride must be"):
+        g.score("some text", stride=0)
+    with pytest.raises(UsageError, match="score\\(\\) takes text"):
+        g.score(None)
+    with pytest.raises(UsageError, match="--threads must be between 1 and"):
+        gptcli.load("run", threads="2")
 
 
 def test_threads_share_one_engine_and_get_what_they_would_alone(trained_run):

@@ -27,7 +27,7 @@ import torch
 
 from gptcli.architectures import of as architecture
 from gptcli.budget import check_generation, check_scoring
-from gptcli.config import GenerateOptions, SampleConfig
+from gptcli.config import EvalOptions, GenerateOptions, SampleConfig
 from gptcli.device import pick_device, pick_precision
 from gptcli.errors import UsageError
 from gptcli.generation.kernels import has_fp16_kernel
@@ -75,6 +75,8 @@ class Generator:
         one keeps its last block_size tokens (and `warn` hears of it)."""
         block, out = self.config.block_size, []
         for i, text in enumerate(prompts):
+            if not isinstance(text, str):
+                raise UsageError(f"a prompt must be a string, got {type(text).__name__}")
             ids = self.tokenizer.encode_tail(check_text(text, "the prompt"), block + 1) or [self.tokenizer.eot_id]
             if len(ids) > block:
                 if warn:
@@ -90,8 +92,9 @@ class Generator:
         with self._lock:
             if self.prepared is None or rows in self._warm:
                 return
-            self._warm.add(rows)
         self.architecture.decoder(self.model, self.dtype, self.prepared).warm_up(rows)
+        with self._lock:  # only once it worked (a thread racing this one warms up too: harmless)
+            self._warm.add(rows)
 
     def steps(self, prompts: list[list[int]], sample: SampleConfig, generators: list[torch.Generator] | None = None,
               stop_at_eot: bool = True) -> Iterator[tuple[list[int], list[float]]]:
@@ -113,7 +116,10 @@ class Generator:
                 warn: Callable[[str], None] | None = None) -> Iterator[Piece]:
         """Every output of the prompts: sample.num_samples per prompt (or num_return
         beams), generated batch_size at a time, as pieces of text."""
+        GenerateOptions(batch_size=batch_size).validate()
         encoded = self.encode(prompts, warn)
+        if not encoded:
+            return iter(())
         beam = sample.strategy == "beam"
         self.ready(sample, sample.num_beams if beam else min(batch_size, len(prompts) * sample.num_samples))
         if beam:
@@ -173,44 +179,53 @@ class Generator:
         greedy=True), checked as the CLI checks its flags; no seed: a random one."""
         settings = dict(settings)
         greedy = settings.pop("greedy", False)
+        if not isinstance(greedy, bool):
+            raise UsageError(f"greedy must be true or false, got {greedy!r}")
         known = [name for name in specs(SampleConfig) if name != "strategy"]  # the strategy is settled here
         unknown = sorted(set(settings) - set(known))
         if unknown:
             raise UsageError(f"unknown setting {unknown[0]!r}: use {', '.join(known)} or greedy")
         if isinstance(settings.get("stop"), str):
             settings["stop"] = (settings["stop"],)
-        if "stop" in settings:
-            settings["stop"] = tuple(check_text(s, "a stop string") for s in settings["stop"])
         if settings.get("seed") is None:
             settings["seed"] = random_seed()
-        return SampleConfig.settle(settings, greedy=greedy)
+        sample = SampleConfig.settle(settings, greedy=greedy)
+        for stop in sample.stop:
+            check_text(stop, "a stop string")
+        return sample
 
     def complete(self, prompts: str | list[str], batch_size: int = 8, **settings) -> list[Output]:
         """Every Output (text, token_ids, finish_reason, logprob, ...), in input order."""
         sample = self.sample_config(settings)
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return [p.output for p in self.outputs(prompts, sample, batch_size) if p.final]
+        return [p.output for p in self.outputs(_prompt_list(prompts), sample, batch_size) if p.final]
 
     def generate(self, prompt: str | list[str], **settings) -> str | list[str]:
-        """The generated text (a list of texts for a list of prompts or num_samples > 1)."""
+        """The generated text; a list of texts for a list of prompts, or for one prompt
+        with num_samples or num_return above 1."""
         texts = [o.text for o in self.complete(prompt, **settings)]
         return texts[0] if isinstance(prompt, str) and len(texts) == 1 else texts
 
     def stream(self, prompt: str, **settings) -> Iterator[str]:
-        """The text of one output as it is produced: the pieces join to generate()'s text."""
+        """The text of one output as it is produced: the pieces join to generate()'s text.
+        The settings are checked here, before the first piece is asked for."""
         sample = self.sample_config(settings)
         if (sample.num_return if sample.strategy == "beam" else sample.num_samples) != 1:
             raise UsageError("stream() makes one output: use complete() for num_samples or num_return above 1")
-        for piece in self.outputs([prompt], sample, batch_size=1):
-            if piece.text:
-                yield piece.text
+        if not isinstance(prompt, str):
+            raise UsageError(f"stream() takes one prompt, a string; got {type(prompt).__name__}")
+        pieces = self.outputs([prompt], sample, batch_size=1)
+        return (piece.text for piece in pieces if piece.text)
 
     def score(self, text: str, stride: int | None = None, batch_size: int = 8) -> Score:
         """How well the model predicts text, as `gptcli eval` scores a file holding it:
-        .loss (nats per token), .bits_per_byte, .perplexity, .accuracy, .tokens."""
+        .loss (nats per token), .bits_per_byte, .perplexity, .accuracy, .tokens. Scoring
+        runs the model in float32 whatever the engine's dtype, as eval does."""
+        EvalOptions(stride=stride, batch_size=batch_size).validate()
+        if not isinstance(text, str):
+            raise UsageError(f"score() takes text, a string; got {type(text).__name__}")
         block = self.config.block_size
-        stride = stride or max(block // 2, 1)
-        if not 1 <= stride <= block:
+        stride = max(block // 2, 1) if stride is None else stride
+        if stride > block:
             raise UsageError(f"stride must be between 1 and the model's context ({block}), got {stride}")
         check_scoring(self.config, batch_size)
         ids = [self.tokenizer.eot_id, *self.tokenizer.encode(check_text(text, "the text"))]
@@ -234,6 +249,14 @@ def _check_weights(dtype: str, arch, cfg, device: torch.device) -> None:
     if dtype == "float16" and not has_fp16_kernel():
         raise UsageError("--dtype float16 needs FBGEMM (an x86 CPU with AVX2), which this torch lacks: "
                          "use --dtype int8 or float32")
+
+
+def _prompt_list(prompts) -> list[str]:
+    """A prompt, or a list (or other sequence) of them, as a list of strings."""
+    listed = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(listed, (list, tuple)):  # each prompt's own type is encode's to check
+        raise UsageError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+    return list(listed)
 
 
 def _in_inference_mode(steps: Iterator) -> Iterator:

@@ -41,7 +41,10 @@ class KVCache:
         self.rows_in_slot: torch.Tensor | None = None  # (B,) the batch row in each buffer row (the inverse)
 
     def mark_padding(self, valid: torch.Tensor) -> None:
-        """valid (B, T): False where the next T positions are left padding."""
+        """valid (B, T), in the buffer's row order: False where the next T positions are
+        left padding (a fresh cache's prefill marks it; after a reorder, rows have moved)."""
+        if self.slots is not None:
+            raise ValueError("padding is marked before the first reorder (at prefill)")
         self.valid[:, self.pos:self.pos + valid.size(1)] = valid
         self.padded = self.padded or not bool(valid.all())
 
