@@ -184,6 +184,9 @@ class SampleConfig:
     top_k: int | None = setting(None, "Sample from the k most likely tokens.", low=1, high=2**22, applies="sample")
     top_p: float | None = setting(0.95, "Sample from the smallest set reaching probability p.", low=0.0, high=1.0,
                                   open_low=True, default_text="0.95 unless --top-k", applies="sample")
+    min_p: float | None = setting(None, "Sample only tokens at least this share as likely as the most likely one "
+                                  "(after top-k and top-p; llama.cpp uses 0.05).", low=0.0, high=1.0,
+                                  default_text="off", applies="sample")
     repetition_penalty: float = setting(1.0, "Above 1 discourages tokens already in the context.", low=1e-6,
                                         high=1e6)
     num_samples: int = setting(1, "Sampled outputs per prompt.", low=1, high=10**6, applies="sample")

@@ -16,7 +16,14 @@ from gptcli.generation import kernels, search
 from gptcli.generation.decoders import FastDecoder
 from gptcli.generation.kernels import Matmul, Prepared, has_fp16_kernel, matmul_form, packs_for_cpu
 from gptcli.generation.kv_cache import KVCache
-from gptcli.generation.sampling import apply_repetition_penalty, draw, top_k_filter, top_p_filter
+from gptcli.generation.sampling import (
+    apply_repetition_penalty,
+    draw,
+    min_p_filter,
+    process_logits,
+    top_k_filter,
+    top_p_filter,
+)
 from gptcli.generation.search import beam_search, decode_steps
 from gptcli.model import GPT
 
@@ -63,6 +70,41 @@ def test_top_p_equals_a_full_sort_of_the_vocabulary(scale):
         assert torch.equal(kept, torch.isfinite(by_full_sort(logits, p))), (scale, p)
 
 
+@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.2, 0.9, 1.0])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 50, None), (1.3, None, 0.9),
+                                                       (0.8, 20, 0.95)])
+def test_min_p_matches_transformers_min_p_warper(min_p, temperature, top_k, top_p):
+    """The same tokens kept and the same distribution as transformers' warpers in its own
+    order (temperature, top-k, top-p, min-p), on logits with ties and a long tail."""
+    transformers = pytest.importorskip("transformers")
+    lp = transformers.generation.logits_process
+    torch.manual_seed(0)
+    logits = torch.randn(4, 500) * 3
+    logits[1, :5] = logits[1].max()  # ties at the top
+    cfg = SampleConfig(strategy="sample", temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    ours = process_logits(logits, cfg, None)
+    theirs = lp.TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k is not None:
+        theirs = lp.TopKLogitsWarper(top_k)(None, theirs)
+    if top_p is not None:
+        theirs = lp.TopPLogitsWarper(top_p)(None, theirs)
+    theirs = lp.MinPLogitsWarper(min_p)(None, theirs)
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    torch.testing.assert_close(ours.softmax(-1), theirs.softmax(-1), rtol=0, atol=1e-6)
+
+
+def test_min_p_keeps_what_is_likely_enough_against_the_top():
+    logits = torch.tensor([[0.5, 0.25, 0.15, 0.1]]).log()
+    assert torch.isfinite(min_p_filter(logits, 0.3)).tolist() == [[True, True, True, False]]  # 0.1 < 0.3 * 0.5
+    assert torch.isfinite(min_p_filter(logits, 0.5)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(min_p_filter(logits, 1.0)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(min_p_filter(logits, 0.0)).all()
+    model = tiny()  # min_p 1 keeps only the most likely token: sampling becomes greedy
+    cfg = SampleConfig(strategy="sample", max_new_tokens=20, temperature=1.0, top_p=None, min_p=1.0)
+    sampled = run(model, [[5, 6, 7]], cfg, gens=[torch.Generator().manual_seed(3)])[0]
+    assert sampled == run(model, [[5, 6, 7]], greedy(20))[0]
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logits = probs.log()
@@ -105,6 +147,10 @@ def test_repetition_penalty_is_applied():
     ({"top_k": 0}, "--top-k"),
     ({"top_p": 0.0}, "--top-p"),
     ({"top_p": 1.5}, "--top-p"),
+    ({"min_p": 1.5}, "--min-p"),
+    ({"min_p": -0.1}, "--min-p"),
+    ({"greedy": True, "min_p": 0.1}, "--min-p"),
+    ({"num_beams": 2, "min_p": 0.1}, "--min-p"),
     ({"temperature": -0.1}, "--temperature"),
     ({"num_beams": 0}, "--beams"),
     ({"max_new_tokens": -1}, "--max-new-tokens"),

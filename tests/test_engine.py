@@ -22,7 +22,8 @@ PROMPT = "First Citizen:"
 def test_generate_gives_what_the_cli_prints(trained_run, monkeypatch, capsys):
     g = gptcli.load("run")
     for flags, settings in ((["--greedy"], {"greedy": True}), (["--seed", "3"], {"seed": 3}),
-                            (["--beams", "3"], {"num_beams": 3})):
+                            (["--beams", "3"], {"num_beams": 3}), (["--seed", "4", "--min-p", "0.1"],
+                                                                   {"seed": 4, "min_p": 0.1})):
         code, out, err = cli(monkeypatch, capsys, "generate", "-c", "run", "-p", PROMPT, "-n", "24", *flags)
         assert code == 0, err
         assert g.generate(PROMPT, max_new_tokens=24, **settings) == out

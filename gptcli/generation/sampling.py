@@ -1,6 +1,6 @@
 """Pure functions over logits, as generation applies them each step: repetition
-penalty, temperature, top-k, top-p (HF's order), and drawing one token per row from
-its own torch.Generator. Know nothing of models, caches or text.
+penalty, temperature, top-k, top-p, min-p (HF's order), and drawing one token per row
+from its own torch.Generator. Know nothing of models, caches or text.
 """
 
 from __future__ import annotations
@@ -51,8 +51,17 @@ def _sorted_descending(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.sort(x.numpy(), axis=-1)[..., ::-1]))
 
 
+def min_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """min-p: keep the tokens at least p times as likely as the most likely one, -inf the
+    rest (the most likely always stays, as with transformers' MinPLogitsWarper)."""
+    probs = logits.softmax(dim=-1)
+    return logits.masked_fill(probs < p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+
+
 def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor | None) -> torch.Tensor:
-    """Repetition penalty, then (sampling only) temperature, top-k and top-p: HF's order."""
+    """Repetition penalty, then (sampling only) temperature, top-k, top-p and min-p: HF's
+    order, so min-p measures each token against the most likely of what top-k and top-p
+    left."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
@@ -62,6 +71,8 @@ def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor |
             logits = top_k_filter(logits, cfg.top_k)
         if cfg.top_p is not None:
             logits = top_p_filter(logits, cfg.top_p)
+        if cfg.min_p is not None:
+            logits = min_p_filter(logits, cfg.min_p)
     return logits
 
 

@@ -106,7 +106,7 @@ def strategy_fields(cfg: SampleConfig) -> dict:
     common = {"strategy": cfg.strategy, "max_new_tokens": cfg.max_new_tokens, "stop": list(cfg.stop),
               "repetition_penalty": cfg.repetition_penalty}
     if cfg.strategy == "sample":
-        return {**common, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p}
+        return {**common, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p}
     if cfg.strategy == "beam":
         return {**common, "beams": cfg.num_beams, "length_penalty": cfg.length_penalty,
                 "early_stopping": cfg.early_stopping, "num_return": cfg.num_return}
