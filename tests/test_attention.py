@@ -92,3 +92,25 @@ def test_a_prompt_longer_than_the_context_keeps_its_end_with_a_warning(trained_r
     code, out, err = cli(monkeypatch, capsys, "attention", "-c", "run", "-p", "word " * 100, "--json")
     assert code == 0 and "keeping its last 32 tokens" in err
     assert len(json.loads(out)["token_ids"]) == 32
+
+
+def test_out_follows_the_output_policy(isolated, monkeypatch, capsys):
+    """A FIFO stays a FIFO, an existing file is kept without --overwrite, and the model
+    being read is never written over, even with it."""
+    import os
+    import stat
+
+    from gptcli import workspace
+
+    os.mkfifo(isolated / "fifo")
+    (isolated / "old.png").write_text("keep")
+    for target, extra, match in (("fifo", [], "is a FIFO, not a regular file"),
+                                 ("old.png", [], "old.png exists: pass --overwrite"),
+                                 (str(workspace.SHIPPED / "model.safetensors"), ["--overwrite"],
+                                  "is a file this command reads")):
+        code, out, err = cli(monkeypatch, capsys, "attention", "-p", "ROMEO:", "--out", target, *extra)
+        assert_clean_error(code, out, err, match=match)
+    assert stat.S_ISFIFO((isolated / "fifo").lstat().st_mode) and (isolated / "old.png").read_text() == "keep"
+    code, _, err = cli(monkeypatch, capsys, "attention", "-p", "ROMEO:", "--out", "old.png", "--overwrite")
+    assert code == 0, err
+    assert (isolated / "old.png").read_bytes()[:4] == b"\x89PNG"

@@ -75,3 +75,51 @@ def test_staged_never_touches_a_folder_the_user_named_like_a_backup(tmp_path):
         (stage / "new.txt").write_text("new")
     assert (here / "out.old" / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in here.iterdir()) == ["out", "out.old"]
+
+
+def _nodes(where):
+    """A FIFO, a socket, a symbolic link and a regular file, as hostile --out targets."""
+    import os
+    import socket
+
+    os.mkfifo(where / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(where / "sock"))
+    (where / "notes.txt").write_text("precious")
+    (where / "link.png").symlink_to(where / "notes.txt")
+    return sock
+
+
+def test_one_file_output_policy_refuses_nodes_existing_files_and_inputs(tmp_path):
+    sock = _nodes(tmp_path)
+    try:
+        for name, kind in (("fifo", "a FIFO"), ("sock", "a socket"), ("link.png", "a symbolic link")):
+            for overwrite in (False, True):  # --overwrite replaces regular files only
+                with pytest.raises(UsageError, match=f"is {kind}, not a regular file"):
+                    folders.check_file_out(tmp_path / name, "--out", overwrite)
+        with pytest.raises(UsageError, match="notes.txt exists: pass --overwrite"):
+            folders.check_file_out(tmp_path / "notes.txt", "--out")
+        folders.check_file_out(tmp_path / "notes.txt", "--out", overwrite=True)
+        with pytest.raises(UsageError, match="is a file this command reads"):
+            folders.check_file_out(tmp_path / "notes.txt", "--out", True, reads=[tmp_path / "link.png"])
+        folders.check_file_out(tmp_path / "new.png", "--out")
+    finally:
+        sock.close()
+
+
+def test_an_atomic_write_never_renames_over_a_device_fifo_or_socket(tmp_path):
+    import stat
+
+    from gptcli.store import atomic
+
+    tmp_path = tmp_path / "n"  # a folder of its own: nothing else in it
+    tmp_path.mkdir()
+    sock = _nodes(tmp_path)
+    try:
+        for name, is_kind in (("fifo", stat.S_ISFIFO), ("sock", stat.S_ISSOCK)):
+            with pytest.raises(RunError, match="it is not a regular file"):
+                atomic.write_text(tmp_path / name, "x")
+            assert is_kind((tmp_path / name).lstat().st_mode)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.png", "notes.txt", "sock"]  # no temp left
+    finally:
+        sock.close()

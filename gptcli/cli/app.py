@@ -222,12 +222,13 @@ def compare(
 def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (with a metrics.jsonl).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("curves.png"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the curves' numbers as JSON on stdout.")] = False,
 ) -> None:
     """Draw training and validation curves of runs: a PNG, and a chart on a terminal."""
     from gptcli.commands import plot as command
 
-    result = command.run(command.PlotRequest(list(runs), out))
+    result = command.run(command.PlotRequest(list(runs), out, overwrite))
     console = _console()
     if sys.stderr.isatty():
         console.info(result.terminal())
@@ -247,6 +248,7 @@ def attention(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Also draw heatmaps (layers x heads, or those chosen) into this PNG.",
         show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the attention weights as JSON on stdout.")] = False,
     threads_n: Threads = None,
     settings: dict | None = None,
@@ -258,7 +260,7 @@ def attention(
 
     stdout_wanted()
     options = AttentionOptions(**settings).validate()
-    result = command.run(command.AttentionRequest(checkpoint, prompt_text(prompt), options, out), _console())
+    result = command.run(command.AttentionRequest(checkpoint, prompt_text(prompt), options, out, overwrite), _console())
     if not json_out and sys.stdout.isatty():
         from rich.console import Console as RichConsole
 

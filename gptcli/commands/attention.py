@@ -37,6 +37,7 @@ class AttentionRequest:
     prompt: str
     options: AttentionOptions
     out: Path | None = None  # a PNG of heatmaps
+    overwrite: bool = False  # replace an existing --out file
 
 
 @dataclass
@@ -105,9 +106,9 @@ def _token_text(tok, i: int) -> str:
 
 def run(req: AttentionRequest, console: Console) -> AttentionResult:
     opts = req.options
-    if req.out is not None:
-        folders.check_file_out(req.out, "--out")
     run_dir = ckpt.resolve_run(req.checkpoint, console.info)
+    if req.out is not None:
+        folders.check_file_out(req.out, "--out", req.overwrite, reads=run_dir.rglob("*"))
     cfg = ckpt.model_config(ckpt.read_config(run_dir), run_dir)
     if not architecture(cfg).attention_maps:
         raise UsageError(f"attention maps need a GPT: {run_dir} is an {cfg.arch} model, which has no attention")

@@ -17,6 +17,7 @@ from gptcli.store import folders
 class PlotRequest:
     runs: list[Path]
     out: Path
+    overwrite: bool = False  # replace an existing --out file
 
 
 @dataclass
@@ -52,7 +53,7 @@ def _series(run: Path) -> dict[str, list[float]]:
 
 
 def run(req: PlotRequest) -> PlotResult:
-    folders.check_file_out(req.out, "--out")
+    folders.check_file_out(req.out, "--out", req.overwrite, reads=[r / ckpt.METRICS for r in req.runs])
     series = {str(r): _series(r) for r in req.runs}
     panels = []
     for x, xlabel in (("step", "optimizer step"), ("tokens", "tokens seen"), ("time", "training time (s)")):

@@ -14,6 +14,7 @@ from typing import BinaryIO, TextIO
 from gptcli.console import Console
 from gptcli.corpus import READ_BYTES, documents, iter_documents_text
 from gptcli.errors import UsageError
+from gptcli.store import folders
 from gptcli.tokenizer import BPETokenizer, safe_split
 from gptcli.workspace import TOKENIZER, TOKENIZER_FILE
 
@@ -63,8 +64,7 @@ class Text:
 
 def train(req: TrainTokenizerRequest, console: Console) -> Text:
     target = req.out if req.out.suffix == ".json" else req.out / TOKENIZER_FILE
-    if target.exists() and not req.overwrite:
-        raise UsageError(f"{target} exists: pass --overwrite to replace it")
+    folders.check_file_out(target, "--out", req.overwrite, reads=[Path(p) for p in req.paths if p != "-"])
     with documents(req.paths, console.warn) as docs:
         tok = BPETokenizer.train(iter_documents_text(docs), req.vocab_size)
     tok.save(target)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def atomic_path(target: Path | str):
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the usual permissions
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _check_replaceable(target)
         os.replace(tmp, target)
         fsync_dir(folder)
     except OSError as e:
@@ -64,6 +66,17 @@ def atomic_path(target: Path | str):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _check_replaceable(target: Path) -> None:
+    """A rename replaces only a regular file (or a link to swap): never a device, a FIFO,
+    a socket or a folder, whatever a caller checked before (the last line of defence)."""
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise RunError(f"refusing to replace {target}: it is not a regular file")
 
 
 def write_bytes(target: Path | str, data: bytes) -> None:

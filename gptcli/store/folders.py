@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from gptcli.errors import RunError, UsageError
@@ -44,11 +45,27 @@ def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Cal
         raise UsageError(f"cannot write to {label}: permission denied on {parent}")
 
 
-def check_file_out(path: Path, label: str) -> None:
-    """Refuse, before any work, a file that cannot be written: a folder in its place, or
-    no writable folder to create it in."""
-    if path.is_dir():
-        raise UsageError(f"{label} {path} is a folder: name a file")
+def check_file_out(path: Path, label: str, overwrite: bool = False, reads: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, a file gptcli must not write: an existing one without
+    --overwrite; anything but a regular file (a folder, a device, a FIFO, a socket, a
+    symbolic link: a rename would replace the node itself); one of the files the command
+    reads (`reads`); or one with no writable folder to be created in. The one output
+    policy of every command that writes a file."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise UsageError(f"cannot write {label} {path}: {e.strerror or e}") from None
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{label} {path} is a folder: name a file")
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"{label} {path} is {_node_kind(mode)}, not a regular file: name a file to write")
+        if any(_same_file(path, r) for r in reads):
+            raise UsageError(f"{label} {path} is a file this command reads: name another file")
+        if not overwrite:
+            raise UsageError(f"{label} {path} exists: pass --overwrite to replace it")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -61,6 +78,21 @@ def check_file_out(path: Path, label: str) -> None:
             problem = e.strerror or str(e)
     if problem is not None:
         raise UsageError(f"cannot write {label} {path}: {parent} is not a folder you can write to ({problem})")
+
+
+def _node_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
