@@ -139,14 +139,16 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
 def parse_duration(text: str) -> float:
     """'90' or '90s' -> 90.0, '10m' -> 600.0, '1h30m' -> 5400.0 (seconds)."""
     s = text.strip().lower()
-    pos, total = 0, 0.0
+    pos, total, last = 0, 0.0, -1
+    units = ("h", "m", "s")  # each at most once, in this order: 1h1h or 30m1h is a typo, not a sum
     scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
     while pos < len(s):
         m = _DURATION.match(s, pos)
-        if not m or (m.group(2) == "" and m.end() != len(s)):
+        order = units.index(m.group(2)) if m and m.group(2) else len(units)
+        if not m or (m.group(2) == "" and (m.end() != len(s) or pos > 0)) or order <= last:
             raise UsageError(f"cannot read duration {text!r}: use e.g. 90s, 10m, 1h or 1h30m")
         total += float(m.group(1)) * scale[m.group(2)]
-        pos = m.end()
+        pos, last = m.end(), order
     if not s or not (total > 0 and math.isfinite(total)):
         raise UsageError(f"duration must be positive, got {text!r}")
     return total

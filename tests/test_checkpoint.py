@@ -198,3 +198,26 @@ def test_planted_pickles_are_never_executed_anywhere_a_file_is_read(tmp_path, mi
     (hf / "pytorch_model.bin").write_bytes(payload)
     code, _, err = cli(monkeypatch, capsys, "import-hf", str(hf), str(tmp_path / "imp"))
     assert code == 2 and "never unpickles" in err and not marker.exists()
+
+
+@pytest.mark.parametrize("member", [".lock", "resume", "metrics.jsonl"])
+def test_a_run_folder_is_never_written_through_a_symbolic_link(trained_run, monkeypatch, capsys, member):
+    """A .lock, resume/ or metrics.jsonl that links out of the run folder: --resume is
+    refused in one line, and what the link names is untouched."""
+    import shutil
+
+    from helpers import assert_clean_error, cli
+
+    outside = trained_run.parent / f"outside-{member.strip('.')}"
+    target = trained_run / member
+    if target.is_dir():
+        shutil.copytree(target, outside)
+        shutil.rmtree(target)
+    else:
+        outside.write_text("precious\n") if not target.exists() else shutil.copyfile(target, outside)
+        target.unlink(missing_ok=True)
+    target.symlink_to(outside)
+    before = {p: p.read_bytes() for p in ([outside] if outside.is_file() else sorted(outside.rglob("*")))}
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", str(trained_run), "--max-steps", "25")
+    assert_clean_error(code, out, err, match="is a symbolic link: gptcli writes no run folder through a link")
+    assert {p: p.read_bytes() for p in before} == before and target.is_symlink()

@@ -141,6 +141,8 @@ BAD_TRAIN = [
     (["corpus.txt", "--batch-size", "0"], "--batch-size"),
     (["corpus.txt", "--vocab-size", "100"], "at least 257"),
     (["corpus.txt", "--max-time", "soon"], "duration"),
+    (["corpus.txt", "--max-time", "1h1h"], "cannot read duration '1h1h'"),  # a typo, not two hours
+    (["corpus.txt", "--max-time", "30m1h"], "cannot read duration"),
     (["corpus.txt", "--preset", "huge"], "unknown preset"),
     (["corpus.txt", "--dropout", "1.5"], "--dropout"),
     (["corpus.txt", "--val-fraction", "1"], "--val-fraction"),

@@ -100,6 +100,7 @@ def plan_resume(req: TrainRequest) -> Plan:
     if req.out is not None or req.overwrite or req.init is not None or req.tokenizer is not None:
         raise UsageError("--resume continues a run in place: it takes no --out, --overwrite, --init or --tokenizer")
     doc = ckpt.read_config(run)
+    ckpt.refuse_links(run)  # resume writes the folder in place: never through a link out of it
     ckpt.read_trainer_state(run)  # a damaged state stops here, before any slow work
     previous = doc.get("training") or {}
     train_cfg = from_dict(TrainConfig, previous.get("config") or {}, f"{run / ckpt.CONFIG} training config")

@@ -28,7 +28,7 @@ from gptcli.budget import check_model
 from gptcli.config import ModelConfig
 from gptcli.errors import UsageError, first_line
 from gptcli.settings import from_dict, to_dict
-from gptcli.store import atomic, folders
+from gptcli.store import atomic, folders, runlock
 from gptcli.store.readers import expect, read_json, read_jsonl, schema_of
 from gptcli.store.weights import load_weights, read_tensors, save_tensors, save_weights
 from gptcli.tokenizer import BPETokenizer
@@ -174,6 +174,19 @@ def clean_stale(run: Path) -> None:
         path.unlink(missing_ok=True)
     for path in run.glob(f".{RESUME}.*"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def refuse_links(run: Path) -> None:
+    """Refuse a run folder that gptcli would write through a symbolic link: its lock,
+    resume/ (and the files in it), weights, config, tokenizer or metrics. Checked before a
+    run folder is written in place, so nothing outside it is truncated, written or
+    deleted through one."""
+    members = [runlock.LOCK, RESUME, RESUME_OLD, WEIGHTS, CONFIG, TOKENIZER_FILE, METRICS]
+    members += [f"{folder}/{name}" for folder in (RESUME, RESUME_OLD) for name in (WEIGHTS, OPTIMIZER, TRAINER_STATE)]
+    for name in members:
+        if (run / name).is_symlink():
+            raise UsageError(f"{run / name} is a symbolic link: gptcli writes no run folder through a link "
+                             "(replace it with the file or folder itself)")
 
 
 def resume_dir(run: Path) -> Path:

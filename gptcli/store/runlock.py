@@ -30,7 +30,7 @@ def _pid_in(fd: int) -> int | None:
 def lock_owner(run: Path) -> int | None:
     """The pid of the process holding the run's lock (0 if it wrote none yet), else None."""
     try:
-        fd = os.open(run / LOCK, os.O_RDONLY)
+        fd = os.open(run / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -57,9 +57,12 @@ def run_lock(run: Path, warn: Callable[[str], None]) -> Iterator[None]:
     one's pid; a lock file a killed writer left behind is taken over."""
     path = run / LOCK
     for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:  # never through a link: it would truncate and write whatever the link names
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
         except OSError as e:
+            if path.is_symlink():
+                raise UsageError(f"{path} is a symbolic link: gptcli writes no run folder through a link "
+                                 "(remove it)") from None
             raise RunError(f"cannot lock {run}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
