@@ -424,3 +424,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(monkeypatch
     code, out, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--out", "run")
     assert_clean_error(code, out, err, expected_code=1, match="loss became nan")
     assert sorted(p.name for p in small_corpus.parent.iterdir()) == ["corpus.txt"]
+
+
+def test_an_error_naming_a_path_with_a_newline_stays_one_line(isolated, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "generate", "-c", "bad\nname", "-p", "x")
+    assert_clean_error(code, out, err, match=r"bad\nname: no such run folder")  # the newline, escaped
+    assert err.count("\n") == 1

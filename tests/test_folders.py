@@ -123,3 +123,19 @@ def test_an_atomic_write_never_renames_over_a_device_fifo_or_socket(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.png", "notes.txt", "sock"]  # no temp left
     finally:
         sock.close()
+
+
+def test_a_name_near_the_255_byte_limit_still_gets_written(tmp_path):
+    """Temp names keep only the start of the target's name, so a target whose own name
+    is nearly as long as a name may be can still be written and swapped in."""
+    from gptcli.store import atomic
+
+    name = "n" * 250
+    atomic.write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x"
+    with folders.staged(tmp_path / ("d" * 250)) as stage:
+        (stage / "f").write_text("y")
+    with folders.staged(tmp_path / ("d" * 250)) as stage:  # replacing it: the old one goes aside first
+        (stage / "f").write_text("z")
+    assert (tmp_path / ("d" * 250) / "f").read_text() == "z"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -82,6 +82,12 @@ def guard_streams() -> None:
             stream.reconfigure(encoding="utf-8")
 
 
+def one_line(message: str) -> str:
+    """An error message as the one line it must be: a newline or CR inside it (a path
+    can hold them) is written escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def run(app: typer.Typer) -> None:
     """Run the app with gptcli's error and exit-code conventions."""
     guard_streams()
@@ -98,7 +104,7 @@ def run(app: typer.Typer) -> None:
         if state["debug"]:
             raise
         message = e.render(flag) if isinstance(e, SettingError) else str(e)  # a setting that reached here is a flag
-        say(f"error: {message}")
+        say(f"error: {one_line(message)}")
         code = e.exit_code
     except BrokenPipeError:
         code = 0  # the reader went away (e.g. `| head`): not an error
@@ -109,13 +115,13 @@ def run(app: typer.Typer) -> None:
                 say(ctx.get_help())
             else:
                 hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-                say(f"error: {e.format_message()}{hint}")
+                say(f"error: {one_line(e.format_message())}{hint}")
             code = 2
         elif state["debug"]:
             raise
         else:
             what = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
-            say(f"error: {what} (run with --debug for a traceback)")
+            say(f"error: {one_line(what)} (run with --debug for a traceback)")
             code = 1
     if code in (130, 143):  # Ctrl-C (typer turns it into exit code 130) or SIGTERM
         say("interrupted")

@@ -15,6 +15,12 @@ from pathlib import Path
 from gptcli.errors import RunError, UsageError
 
 TEMP_SUFFIX = ".tmp"
+NAME_KEPT = 64  # characters of a target's name in its temp names: a 255-byte name must still fit
+
+
+def temp_prefix(target: Path) -> str:
+    """The start of a temp name beside `target`: hidden, and short enough for any target."""
+    return f".{target.name[:NAME_KEPT]}."
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,7 +51,7 @@ def atomic_path(target: Path | str):
     folder = target.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f"{temp_prefix(target)}{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
         os.close(fd)
     except PermissionError:
         raise UsageError(f"cannot write to {folder}: permission denied") from None

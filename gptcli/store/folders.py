@@ -105,7 +105,7 @@ def staged(target: Path, old: Path | None = None) -> Iterator[Path]:
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+        stage = Path(tempfile.mkdtemp(prefix=atomic.temp_prefix(target), dir=parent))
         stage.chmod(0o777 & ~atomic.umask())
     except OSError as e:
         raise RunError(f"cannot write to {parent}: {e.strerror or e}") from None
@@ -113,7 +113,7 @@ def staged(target: Path, old: Path | None = None) -> Iterator[Path]:
         yield stage
         aside = None
         if target.exists():
-            aside = old or Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
+            aside = old or Path(tempfile.mkdtemp(prefix=f"{atomic.temp_prefix(target)}old.", dir=parent))
             shutil.rmtree(aside, ignore_errors=True)
             target.rename(aside)
         stage.rename(target)
