@@ -79,3 +79,17 @@ def test_a_model_larger_than_the_machine_is_refused_with_the_number(monkeypatch)
     budget.check_model(ModelConfig())  # 4.3M parameters: 17 MB
     with pytest.raises(UsageError, match=r"would need about .* GiB of memory, and this machine allows 1.0 GiB"):
         budget.check_model(ModelConfig(n_layer=64, n_embd=4096, n_head=32))
+
+
+def test_json_for_stdout_is_always_valid_utf8_json():
+    """NaN and infinities become null; a path's undecodable bytes (lone surrogates, as
+    Python holds them) are written as \\xNN; everything else is as json.dumps writes it."""
+    import json
+
+    from gptcli.store.readers import dumps
+
+    text = dumps({"loss": float("nan"), "best": [float("inf"), -float("inf"), 2.5], "path": "run-\udcff",
+                  "tokens": "日本語", 3: True})
+    assert json.loads(text) == {"loss": None, "best": [None, None, 2.5], "path": "run-\\xff", "tokens": "日本語",
+                                "3": True}
+    text.encode("utf-8")  # no surrogate left to fail

@@ -9,7 +9,6 @@ fast.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,6 +31,7 @@ from gptcli.config import (
     TrainConfig,
 )
 from gptcli.errors import ReportedElsewhere
+from gptcli.store.readers import dumps
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -65,7 +65,7 @@ def _console(quiet: bool = False):
 def _print(result, as_json: bool, indent: int | None = None) -> None:
     """The product, on stdout: a result's JSON or its text."""
     with writing_stdout():
-        print(json.dumps(result.to_json(), indent=indent, ensure_ascii=False) if as_json else result.to_text(),
+        print(dumps(result.to_json(), indent=indent) if as_json else result.to_text(),
               flush=True)
 
 

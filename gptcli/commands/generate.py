@@ -9,7 +9,6 @@ as sys.stdout) and nothing else.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +20,7 @@ from gptcli.errors import UsageError
 from gptcli.generation.engine import Generator, random_seed
 from gptcli.generation.text import Output
 from gptcli.settings import pick
+from gptcli.store.readers import dumps
 from gptcli.tokenizer import check_text
 
 
@@ -107,7 +107,7 @@ def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
 
 def _emit(o: Output, out: Sink, req: GenerateRequest, single: bool, streamed: bool) -> None:
     if req.json_lines:
-        out.write(json.dumps(o.record(req.sample), ensure_ascii=False) + "\n")
+        out.write(dumps(o.record(req.sample)) + "\n")
     elif single:
         if not streamed:
             out.write(o.text)

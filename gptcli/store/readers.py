@@ -57,6 +57,29 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def dumps(value: object, indent: int | None = None) -> str:
+    """JSON text that is always valid UTF-8 JSON, for stdout: NaN and infinities become
+    null (JSON has neither), and text that cannot be UTF-8 (a path's undecodable bytes,
+    held as lone surrogates) has those bytes written as \\xNN escapes."""
+    return json.dumps(_strict(value), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def _strict(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_strict(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def schema_of(cls: type) -> dict:
     """The schema (`expect`) of a dataclass as dataclasses.asdict saves it: each field's
     type, `X | None` as (X, None); a field whose metadata says optional may be absent."""
