@@ -8,6 +8,7 @@ model classes load on the first build.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ else:
 
 
 @dataclasses.dataclass(frozen=True)
-class Architecture:
+class Architecture(abc.ABC):
     name: str
     summary: str  # what `--arch NAME` trains, for help texts
     weights: tuple[str, ...]  # how generation may hold the weight matrices (kernels.WEIGHTS)
@@ -36,29 +37,29 @@ class Architecture:
     unused: tuple[tuple[str, Any], ...] = ()  # ModelConfig settings it has no use for (refused when given),
     # each with the value its configs record
 
+    @abc.abstractmethod
     def build(self, cfg: ModelConfig, init: bool = True) -> LanguageModel:
         """The model for cfg. init=False skips the random initialization of the weights,
         for a model whose weights are loaded next (it took half of building tiny)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def param_count(self, cfg: ModelConfig) -> int:
         """The built model's num_params(), from the config alone (the tied lm_head once)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decoder(self, model: LanguageModel, weights: str = "float32", prepared: Prepared | None = None):
         """A fresh decoder (generation/decoders.py) over the model."""
-        raise NotImplementedError
 
     def prepare(self, model: LanguageModel, weights: str) -> Prepared | None:
         """What the decoders of one engine share (None: nothing to prepare)."""
         return None
 
-    def validate(self, cfg: ModelConfig) -> None:
-        """Checks beyond each setting's own range."""
+    def validate(self, cfg: ModelConfig) -> None:  # noqa: B027 -- most architectures need no more
+        """Checks beyond each setting's own range (none by default)."""
 
+    @abc.abstractmethod
     def describe(self, cfg: ModelConfig) -> str:
         """The shape in words, for a training run's first line."""
-        raise NotImplementedError
 
     def sized_like(self, cfg: ModelConfig, params: int) -> ModelConfig:
         """cfg, resized to about `params` parameters where this architecture is sized by

@@ -20,6 +20,17 @@ import torch.nn.functional as F
 
 from gptcli.architectures import LanguageModel
 from gptcli.device import Precision
+from gptcli.errors import Setting as S
+from gptcli.errors import SettingError
+
+
+def window_stride(stride: int | None, block: int) -> int:
+    """Tokens between the starts of scored windows: half the context unless given, and
+    never more than the context (a gap would leave tokens unscored)."""
+    stride = max(block // 2, 1) if stride is None else stride
+    if not 1 <= stride <= block:
+        raise SettingError(S("stride"), f" must be between 1 and the model's context ({block}), got {stride}")
+    return stride
 
 
 @dataclass

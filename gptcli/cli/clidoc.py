@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import typing
 
 import typer
 import typer.main
@@ -72,14 +71,14 @@ def render() -> str:
 
 def trainer_state_table() -> str:
     """trainer_state.json's "trainer" object, field by field, from TrainState itself."""
+    from gptcli.store.readers import schema_of
     from gptcli.trainer import TrainState
 
-    hints = typing.get_type_hints(TrainState)
     rows = ["| field | type | meaning |", "|---|---|---|"]
-    for f in dataclasses.fields(TrainState):
-        kind = " or ".join("null" if a is type(None) else a.__name__ for a in typing.get_args(hints[f.name])) \
-            or hints[f.name].__name__
-        rows.append(f"| `{f.name}` | {kind}{' (may be absent)' if f.metadata.get('optional') else ''} | "
+    for f, (key, kind) in zip(dataclasses.fields(TrainState), schema_of(TrainState).items()):  # the checked schema
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        names = " or ".join("null" if k is None else k.__name__ for k in kinds)
+        rows.append(f"| `{f.name}` | {names}{' (may be absent)' if key.endswith('?') else ''} | "
                     f"{_cell(f.metadata['help'])} |")
     return "\n".join(rows) + "\n"
 

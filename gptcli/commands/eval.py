@@ -17,7 +17,7 @@ from gptcli.console import Console
 from gptcli.corpus import documents
 from gptcli.device import pick_device, pick_precision
 from gptcli.errors import UsageError
-from gptcli.scoring import score_tokens
+from gptcli.scoring import score_tokens, window_stride
 from gptcli.store import checkpoint as ckpt
 
 
@@ -56,9 +56,7 @@ def run(req: EvalRequest, console: Console) -> EvalResult:
     opts = req.options
     device = pick_device(opts.device)
     cfg = ckpt.model_config(ckpt.read_config(run_dir), run_dir)
-    stride = opts.stride if opts.stride is not None else max(cfg.block_size // 2, 1)
-    if not 1 <= stride <= cfg.block_size:
-        raise UsageError(f"--stride must be between 1 and the model's context ({cfg.block_size}), got {stride}")
+    stride = window_stride(opts.stride, cfg.block_size)
     check_scoring(cfg, opts.batch_size)
     model, tok, _ = ckpt.load_run(run_dir, device)
     block = model.config.block_size

@@ -33,7 +33,7 @@ from gptcli.errors import UsageError
 from gptcli.generation.kernels import has_fp16_kernel
 from gptcli.generation.search import Hypothesis, beam_search, decode_steps
 from gptcli.generation.text import Output, StopCutter, sample_seed
-from gptcli.scoring import Score, score_tokens
+from gptcli.scoring import Score, score_tokens, window_stride
 from gptcli.settings import specs
 from gptcli.store import checkpoint as ckpt
 from gptcli.tokenizer import check_text
@@ -223,10 +223,7 @@ class Generator:
         EvalOptions(stride=stride, batch_size=batch_size).validate()
         if not isinstance(text, str):
             raise UsageError(f"score() takes text, a string; got {type(text).__name__}")
-        block = self.config.block_size
-        stride = max(block // 2, 1) if stride is None else stride
-        if stride > block:
-            raise UsageError(f"stride must be between 1 and the model's context ({block}), got {stride}")
+        stride = window_stride(stride, self.config.block_size)
         check_scoring(self.config, batch_size)
         ids = [self.tokenizer.eot_id, *self.tokenizer.encode(check_text(text, "the text"))]
         if len(ids) < 2:
