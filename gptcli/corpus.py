@@ -1,4 +1,4 @@
-"""The corpus: the user's files, folders and stdin, as UTF-8 documents with their digests,
+"""The corpus: the user's files, folders and stdin, as documents with their digests,
 streamed in chunks that tokenize exactly as the whole text would.
 
 Folders are walked in sorted order. Hidden entries are skipped, and so are, with a
@@ -6,13 +6,16 @@ warning each, what is not a regular file (FIFOs, sockets, devices, dangling link
 gptcli's own folders (run folders, the workspace tokenizer and runs, the cache): training
 in a folder twice never trains on gptcli's output. stdin, or a named pipe, is spooled to a
 temp file that is checked for binary data and bounded as it is written, and removed by
-`release`. Knows nothing of token ids or models.
+`release`. Each file is read in its format (corpus_formats: text, JSON lines, Parquet,
+compressed or not) and checked whole before any of it is used. Knows nothing of token ids
+or models.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -25,12 +28,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gptcli import workspace
+from gptcli.corpus_formats import CHUNK_CHARS, READ_BYTES, Format, blocks, detect, pieces
 from gptcli.errors import UsageError
 from gptcli.store import atomic
-from gptcli.tokenizer import safe_split
 
-READ_BYTES = 1 << 20  # raw bytes read per step
-CHUNK_CHARS = 64 << 10  # target size of one chunk of text given to the encoder
 SNIFF_BYTES = 8192
 MAX_SPOOL_BYTES = 64 << 30  # the most a stream (stdin, a pipe) may hold as a corpus
 SPOOL_DISK_MARGIN = 1 << 30  # and it stops before leaving less than this free
@@ -42,22 +43,30 @@ Warn = Callable[[str], None]
 class Document:
     path: Path  # a file on disk (a stream is spooled to a file first)
     name: str  # what the user called it, for messages and config.json
-    digest: str  # blake2b of the bytes
-    n_bytes: int
+    digest: str  # blake2b of the (decompressed) bytes and of how they are read (Format.key)
+    n_bytes: int  # the (decompressed) bytes
+    fmt: Format = Format()
+    text_bytes: int | None = None  # UTF-8 bytes of the records' text (None: n_bytes, plain text)
     spooled: bool = False  # a temp copy of a stream, removed by release()
+
+    @property
+    def size(self) -> int:
+        """UTF-8 bytes of text it holds: for bits per byte, progress and the empty-corpus check."""
+        return self.n_bytes if self.text_bytes is None else self.text_bytes
 
 
 class _Check:
     """One pass over bytes as they come: the digest, the size, and the first problem
     (a NUL byte means binary data; then the first invalid UTF-8)."""
 
-    def __init__(self):
+    def __init__(self, text: bool = True):
         self.hash, self.n, self.error = hashlib.blake2b(digest_size=20), 0, None
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.text = text  # False: records or Parquet, which their reader checks
 
     def feed(self, block: bytes) -> None:
         self.hash.update(block)
-        if self.error is None:
+        if self.error is None and self.text:
             if (nul := block.find(b"\0")) >= 0:
                 self.error = f"binary data (a NUL byte at offset {self.n + nul})"
             else:
@@ -68,35 +77,60 @@ class _Check:
         self.n += len(block)
 
     def finish(self) -> None:
-        if self.error is None:
+        if self.error is None and self.text:
             try:
                 self._utf8.decode(b"", final=True)
             except UnicodeDecodeError:
                 self.error = "not UTF-8 text (truncated UTF-8 character at the end)"
 
 
-def _check_file(path: Path) -> _Check:
-    check = _Check()
-    with open(path, "rb") as f:
-        while block := f.read(READ_BYTES):
-            check.feed(block)
+def _read(path: Path, name: str, fmt: Format, spooled: bool = False) -> tuple[Document | None, str | None]:
+    """Check a file whole in its format: (the document, None), or for text that is not
+    UTF-8, (None, what is wrong). A bad record or archive raises a UsageError."""
+    check = _Check(text=not fmt.records)
+    for block in blocks(path, Format(compression=fmt.compression), name):
+        check.feed(block)
     check.finish()
-    return check
+    if check.error:
+        return None, check.error
+    text_bytes = None
+    if fmt.records:
+        text_bytes = sum(len(text.encode()) for _, text in pieces(path, fmt, name))
+        check.hash.update(b"\0" + fmt.key.encode())
+    return Document(path, name, check.hash.hexdigest(), check.n, fmt, text_bytes, spooled), None
 
 
-def _spool(stream: BinaryIO, name: str, label: str) -> Document:
+def _file(path: Path, text_field: str | None) -> tuple[Document | None, str | None]:
+    """A regular file as a document (see _read). Compressed Parquet, which must be read
+    at random, is first spooled out of its archive."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    fmt = detect(str(path), head, text_field)
+    if fmt.kind == "parquet" and fmt.compression:
+        unpacked = Format("parquet", None, fmt.field)
+        return _spool(blocks(path, Format(compression=fmt.compression), str(path)), str(path), str(path),
+                      text_field, unpacked), None
+    return _read(path, str(path), fmt)
+
+
+def _spool(source: Iterator[bytes], name: str, label: str, text_field: str | None,
+           fmt: Format | None = None) -> Document:
     """Copy a stream to a temp file, so it can be hashed and read twice (tokenizer, tokens).
-    Binary data, invalid UTF-8 and a stream that outgrows the limit or the disk stop it at
-    once, and the partial copy is removed. `name` is recorded; `label` names it in messages."""
+    Its format comes from its first bytes unless given. Binary data or invalid UTF-8 in
+    plain text, and a stream that outgrows the limit or the disk, stop it at once; the
+    partial copy is removed. `name` is recorded; `label` names it in messages."""
     folder = workspace.stdin_spool()
     folder.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale(folder)  # spools of killed runs
     fd, spool = tempfile.mkstemp(prefix=f".stdin.{os.getpid()}.", suffix=atomic.TEMP_SUFFIX, dir=folder)
-    spool, check = Path(spool), _Check()
+    spool, check = Path(spool), None
     try:
         with os.fdopen(fd, "wb") as out:
             limit = min(MAX_SPOOL_BYTES, shutil.disk_usage(folder).free - SPOOL_DISK_MARGIN)
-            while block := stream.read(READ_BYTES):
+            for block in source:
+                if check is None:
+                    fmt = fmt or detect(None, block, text_field)
+                    check = _Check(text=fmt == Format())  # others are checked once they are whole
                 check.feed(block)
                 if check.error:
                     raise UsageError(f"{label} is {check.error}")
@@ -105,13 +139,19 @@ def _spool(stream: BinaryIO, name: str, label: str) -> Document:
                                      f"may hold here (disk space or the {MAX_SPOOL_BYTES >> 30} GiB limit): save it "
                                      "to a file and pass that")
                 out.write(block)
+        check = check or _Check()
         check.finish()
         if check.error:
             raise UsageError(f"{label} is {check.error}")
+        if fmt is None or fmt == Format():
+            return Document(spool, name, check.hash.hexdigest(), check.n, spooled=True)
+        doc, problem = _read(spool, label, fmt, spooled=True)
+        if problem:
+            raise UsageError(f"{label} is {problem}")
+        return dataclasses.replace(doc, name=name)
     except BaseException:
         spool.unlink(missing_ok=True)
         raise
-    return Document(spool, name, check.hash.hexdigest(), check.n, spooled=True)
 
 
 def _is_gptcli_folder(folder: Path, own: set[Path]) -> bool:
@@ -154,31 +194,35 @@ def _walk(folder: Path, warn: Warn) -> Iterator[Path]:
             yield path
 
 
-def collect_documents(paths: list[str], warn: Warn) -> list[Document]:
-    """Resolve the user's paths into documents, in order. Named files must be UTF-8 text;
-    binary or non-UTF-8 files found inside folders are skipped with a warning. The caller
-    must `release` them (spooled streams are temp files)."""
+def collect_documents(paths: list[str], warn: Warn, text_field: str | None = None) -> list[Document]:
+    """Resolve the user's paths into documents, in order. Named files must be readable in
+    their format; binary or non-UTF-8 text files found inside folders are skipped with a
+    warning. `text_field` names the records' text field (default "text"), and makes stdin
+    JSON lines. The caller must `release` them (spooled streams are temp files)."""
     if not paths:
         raise UsageError("no corpus given: pass one or more files, folders, or - for stdin")
     docs: list[Document] = []
     try:
         for given in paths:
-            docs.extend(_documents(given, warn))
-        if sum(d.n_bytes for d in docs) == 0:
+            docs.extend(_documents(given, warn, text_field))
+        if sum(d.size for d in docs) == 0:
             raise UsageError("the corpus is empty: " + ", ".join(d.name for d in docs))
+        if text_field is not None and not any(d.fmt.records for d in docs):
+            raise UsageError(f"--text-field {text_field} names a field of JSON lines or Parquet records, but "
+                             "the corpus is plain text (.jsonl, .json, .ndjson and .parquet files hold records)")
     except BaseException:
         release(docs)
         raise
     return docs
 
 
-def _documents(given: str, warn: Warn) -> Iterator[Document]:
+def _documents(given: str, warn: Warn, text_field: str | None) -> Iterator[Document]:
     if given == "-":
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError("'-' means read the corpus from stdin, but stdin is closed")
         if sys.stdin.isatty():
             raise UsageError("'-' means read the corpus from stdin, but stdin is a terminal: pipe text in")
-        yield _spool(sys.stdin.buffer, "<stdin>", "stdin")
+        yield _spool(_stream_blocks(sys.stdin.buffer), "<stdin>", "stdin", text_field)
         return
     path = Path(given)
     try:
@@ -188,26 +232,32 @@ def _documents(given: str, warn: Warn) -> Iterator[Document]:
     if stat.S_ISDIR(mode):
         found = 0
         for f in _walk(path, warn):
-            check = _check_file(f)
-            if check.error:
-                warn(f"skipping {f}: {check.error}")
+            doc, problem = _file(f, text_field)
+            if problem:
+                warn(f"skipping {f}: {problem}")
                 continue
             found += 1
-            yield Document(f, str(f), check.hash.hexdigest(), check.n)
+            yield doc
         if not found:
-            raise UsageError(f"{path} holds no UTF-8 text files")
+            raise UsageError(f"{path} holds no UTF-8 text, JSON lines or Parquet files")
     elif stat.S_ISREG(mode):
-        check = _check_file(path)
-        if check.error and check.error.startswith("binary"):
-            raise UsageError(f"{path} is a binary file, not UTF-8 text")
-        if check.error:
-            raise UsageError(f"{path} is {check.error}; convert it, e.g. with iconv -t utf-8")
-        yield Document(path, str(path), check.hash.hexdigest(), check.n)
+        doc, problem = _file(path, text_field)
+        if problem and problem.startswith("binary"):
+            raise UsageError(f"{path} is a binary file, not UTF-8 text (nor JSON lines, Parquet or a gzip, zstd "
+                             "or xz archive of them)")
+        if problem:
+            raise UsageError(f"{path} is {problem}; convert it, e.g. with iconv -t utf-8")
+        yield doc
     elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):  # a pipe such as <(cat a b), or a device
         with open(path, "rb") as stream:
-            yield _spool(stream, str(path), str(path))
+            yield _spool(_stream_blocks(stream), str(path), str(path), text_field)
     else:
         raise UsageError(f"{path} is neither a file nor a folder")
+
+
+def _stream_blocks(stream: BinaryIO) -> Iterator[bytes]:
+    while block := stream.read(READ_BYTES):
+        yield block
 
 
 def release(docs: list[Document]) -> None:
@@ -219,35 +269,23 @@ def release(docs: list[Document]) -> None:
 
 
 @contextlib.contextmanager
-def documents(paths: list[str], warn: Warn) -> Iterator[list[Document]]:
+def documents(paths: list[str], warn: Warn, text_field: str | None = None) -> Iterator[list[Document]]:
     """collect_documents, released when the block ends."""
-    docs = collect_documents(paths, warn)
+    docs = collect_documents(paths, warn, text_field)
     try:
         yield docs
     finally:
         release(docs)
 
 
-def iter_text_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
-    """Stream a UTF-8 file as chunks that tokenize exactly as the whole text would.
-
-    Chunks end where tokenizer.safe_split allows, so encoding them one by one gives the
-    same ids as encoding the whole file."""
-    dec = codecs.getincrementaldecoder("utf-8")()
-    pending = ""
-    with open(path, "rb") as f:
-        while block := f.read(READ_BYTES):
-            pending += dec.decode(block)
-            while len(pending) >= 2 * chunk_chars:
-                cut = safe_split(pending, chunk_chars, 2 * chunk_chars)
-                yield pending[:cut]
-                pending = pending[cut:]
-        pending += dec.decode(b"", final=True)
-    if pending:
-        yield pending
+def document_pieces(doc: Document, chunk_chars: int = CHUNK_CHARS) -> Iterator[tuple[bool, str]]:
+    """The document's text as (starts a document, text) pieces that, encoded one by one,
+    give the ids of each whole document (corpus_formats.pieces)."""
+    return pieces(doc.path, doc.fmt, doc.name, chunk_chars)
 
 
 def iter_documents_text(docs: list[Document]) -> Iterator[str]:
-    """Chunks of every document in order, for training a tokenizer."""
+    """Pieces of every document in order, for training a tokenizer."""
     for doc in docs:
-        yield from iter_text_chunks(doc.path)
+        for _, text in document_pieces(doc):
+            yield text

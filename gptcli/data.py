@@ -21,7 +21,7 @@ import numpy as np
 
 from gptcli import workspace
 from gptcli.config import TrainConfig
-from gptcli.corpus import Document, iter_text_chunks
+from gptcli.corpus import Document, document_pieces
 from gptcli.errors import UsageError, first_line
 from gptcli.settings import check_value, specs
 from gptcli.store import atomic
@@ -29,6 +29,7 @@ from gptcli.tokenizer import BPETokenizer
 
 CACHE_FORMAT = 2  # 2: entries carry their digest and largest id
 ENCODE_BATCH_CHARS = 2 << 20  # characters handed to the parallel encoder at once (~100 MB peak)
+ENCODE_BATCH_PIECES = 16384  # and at most this many pieces (records), so short ones do not pile up
 HASH_BYTES = 8 << 20  # read per step when checking an entry's digest
 
 Warn = Callable[[str], None]
@@ -112,21 +113,21 @@ def tokenize_to_cache(
 ) -> tuple[TokenFile, bool]:
     """Tokenize the documents into a memmap cache; returns (file, was_cached).
 
-    Layout: every document is preceded by <|endoftext|>, so documents are separated by it
-    and an empty prompt (which starts from <|endoftext|>) looks like a document start."""
+    Layout: every document (a file of text, or one record) is preceded by <|endoftext|>, so
+    documents are separated by it and an empty prompt (which starts from <|endoftext|>)
+    looks like a document start."""
     cached = lookup_cache(docs, tok, cache_dir, warn)
     if cached is not None:
         return cached, True
     key, meta_path, bin_path = _cache_paths(docs, tok, cache_dir)
     atomic.remove_stale(bin_path.parent)
     dtype = np.dtype(token_dtype(tok.vocab_size))
-    total_bytes = sum(d.n_bytes for d in docs)
+    total_bytes = sum(d.size for d in docs)
     n_tokens, done_bytes, max_id = 0, 0, tok.eot_id
     digest = hashlib.blake2b(digest_size=20)
-    eot = np.array([tok.eot_id], dtype=dtype)
     with atomic.atomic_path(bin_path) as tmp, open(tmp, "wb") as out:
         for doc in docs:
-            for ids, size in itertools.chain([(eot, 0)], _encoded(doc.path, tok, dtype)):
+            for ids, size in _encoded(doc, tok, dtype):
                 data = ids.tobytes()
                 out.write(data)
                 digest.update(data)
@@ -142,16 +143,23 @@ def tokenize_to_cache(
     return TokenFile(bin_path, dtype.name, n_tokens, total_bytes, key), False
 
 
-def _encoded(path: Path, tok: BPETokenizer, dtype: np.dtype) -> Iterator[tuple[np.ndarray, int]]:
-    """The file's ids, a batch of chunks (a few MB of text) at a time, with its size."""
-    batch: list[str] = []
+def _encoded(doc: Document, tok: BPETokenizer, dtype: np.dtype) -> Iterator[tuple[np.ndarray, int]]:
+    """The document's ids, <|endoftext|> before each document it holds, a batch of pieces
+    (a few MB of text, or many records) at a time, with the batch's size in characters."""
+    eot = np.array([tok.eot_id], dtype=dtype)
+    batch: list[tuple[bool, str]] = []
     size = 0
-    for chunk in itertools.chain(iter_text_chunks(path), [None]):
-        if chunk is not None:
-            batch.append(chunk)
-            size += len(chunk)
-        if batch and (chunk is None or size >= ENCODE_BATCH_CHARS):
-            yield np.concatenate([np.asarray(enc, dtype=dtype) for enc in tok.encode_batch(batch)]), size
+    for piece in itertools.chain(document_pieces(doc), [None]):
+        if piece is not None:
+            batch.append(piece)
+            size += len(piece[1])
+        if batch and (piece is None or size >= ENCODE_BATCH_CHARS or len(batch) >= ENCODE_BATCH_PIECES):
+            parts = []
+            for (starts, _), ids in zip(batch, tok.encode_batch([text for _, text in batch])):
+                if starts:
+                    parts.append(eot)
+                parts.append(np.asarray(ids, dtype=dtype))
+            yield np.concatenate(parts), size
             batch, size = [], 0
 
 

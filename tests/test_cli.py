@@ -129,7 +129,7 @@ def test_overwrite_replaces_a_run_and_resume_continues_it(monkeypatch, capsys, s
 
 BAD_TRAIN = [
     (["missing.txt"], "no such file"),
-    (["emptydir"], "no UTF-8 text files"),
+    (["emptydir"], "no UTF-8 text, JSON lines or Parquet files"),
     (["empty.txt"], "empty"),
     (["binary.bin"], "binary"),
     (["latin1.txt"], "not UTF-8"),

@@ -79,7 +79,7 @@ def test_missing_path_and_textless_folder(tmp_path):
     with pytest.raises(UsageError, match="no such file"):
         _docs([tmp_path / "nope.txt"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="no UTF-8 text files"):
+    with pytest.raises(UsageError, match="no UTF-8 text, JSON lines or Parquet files"):
         _docs([tmp_path / "empty"])
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptcli.corpus import iter_text_chunks
+from gptcli.corpus_formats import Format, pieces
 from gptcli.errors import UsageError
 from gptcli.tokenizer import EOT, BPETokenizer
 
@@ -49,7 +49,9 @@ def test_chunked_encoding_equals_whole_encoding(tmp_path, mixed_tokenizer, shake
     text = shakespeare_text[:120000] + " 日本語  \r\n\t 🙂  x  " * 200
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    chunks = list(iter_text_chunks(path, chunk_chars=997))
+    found = list(pieces(path, Format(), "t.txt", chunk_chars=997))
+    assert [starts for starts, _ in found] == [True] + [False] * (len(found) - 1)  # one document
+    chunks = [text for _, text in found]
     assert len(chunks) > 50
     assert "".join(chunks) == text
     chunked = [i for ids in mixed_tokenizer.encode_batch(chunks) for i in ids]

@@ -18,7 +18,17 @@ import typer
 from gptcli import threads, workspace
 from gptcli.cli import entry
 from gptcli.cli.entry import stdout_wanted, writing_stdout
-from gptcli.cli.options import Checkpoint, Json, Overwrite, Prompt, Threads, TokenizerPath, settings_options
+from gptcli.cli.options import (
+    CORPUS_HELP,
+    Checkpoint,
+    Json,
+    Overwrite,
+    Prompt,
+    TextField,
+    Threads,
+    TokenizerPath,
+    settings_options,
+)
 from gptcli.config import (
     ARCHS,
     DEFAULT_PRESET,
@@ -75,8 +85,7 @@ def _print(result, as_json: bool, indent: int | None = None) -> None:
 @app.command()
 @settings_options(ModelConfig, TrainConfig)
 def train(
-    paths: Annotated[Optional[list[str]], typer.Argument(
-        help="Text files, folders (searched recursively) or - for stdin.", show_default=False)] = None,
+    paths: Annotated[Optional[list[str]], typer.Argument(help=CORPUS_HELP, show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run folder [default: checkpoints/<corpus>-<time>].", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(
@@ -96,6 +105,7 @@ def train(
     preset: Annotated[Optional[str], typer.Option(
         help=f"Model shape and training defaults: {', '.join(PRESETS)} [default: {DEFAULT_PRESET}].",
         show_default=False)] = None,
+    text_field: TextField = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     threads_n: Threads = None,
@@ -110,7 +120,8 @@ def train(
     console = _console(quiet)
     result = command.run(command.TrainRequest(
         paths=list(paths or []), preset=preset, settings=settings, out=out, resume=resume, init=init,
-        overwrite=overwrite, tokenizer=tokenizer, val=list(val or []), allow_corpus_change=allow_corpus_change),
+        overwrite=overwrite, tokenizer=tokenizer, val=list(val or []), allow_corpus_change=allow_corpus_change,
+        text_field=text_field),
         console)
     if not result.main:  # another rank of a torchrun job: rank 0 reports
         if result.exit_code:
@@ -158,8 +169,9 @@ def generate(
 @app.command("eval")
 @settings_options(EvalOptions)
 def eval_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Text files, folders or - for stdin.")],
+    paths: Annotated[list[str], typer.Argument(help=CORPUS_HELP)],
     checkpoint: Checkpoint = None,
+    text_field: TextField = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     threads_n: Threads = None,
     settings: dict | None = None,
@@ -170,7 +182,7 @@ def eval_cmd(
 
     stdout_wanted()
     options = EvalOptions(**settings).validate()
-    result = command.run(command.EvalRequest(paths, checkpoint, options), _console())
+    result = command.run(command.EvalRequest(paths, checkpoint, options, text_field), _console())
     _print(result, json_out)
 
 
@@ -180,7 +192,7 @@ def eval_cmd(
 @app.command()
 @settings_options(ModelConfig, TrainConfig, exclude=("arch",))
 def compare(
-    paths: Annotated[list[str], typer.Argument(help="Text files or folders (searched recursively).")],
+    paths: Annotated[list[str], typer.Argument(help=CORPUS_HELP.replace("; or - for stdin", ""))],
     arch: Annotated[Optional[list[str]], typer.Option(
         help=f"An architecture to train; repeatable [default: all of {', '.join(ARCHS)}].", show_default=False)
                     ] = None,
@@ -193,6 +205,7 @@ def compare(
     val: Annotated[Optional[list[str]], typer.Option(
         help="Validation text (files/folders); default: the end of the corpus.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the runs of an earlier comparison in --out.")] = False,
+    text_field: TextField = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")
                         ] = False,
     threads_n: Threads = None,
@@ -208,7 +221,8 @@ def compare(
     console = _console()
     result = command.run(command.CompareRequest(
         paths=list(paths), archs=list(arch or ARCHS), out=out or default_run_folder(paths, prefix="compare-"),
-        preset=preset, settings=settings, val=list(val or []), overwrite=overwrite), console)
+        preset=preset, settings=settings, val=list(val or []), overwrite=overwrite,
+        text_field=text_field), console)
     if sys.stderr.isatty():
         from gptcli import plots
 
@@ -282,14 +296,7 @@ def import_hf(
     json_out: Json = False,
 ) -> None:
     """Import a local Hugging Face GPT-2 checkpoint as a gptcli run folder (never unpickles)."""
-    from gptcli.commands import hf
-
-    if json_out:
-        stdout_wanted()
-    result = hf.import_hf(hf.HFRequest(src, out, overwrite))
-    _console().info(result.to_text())
-    if json_out:
-        _print(result, as_json=True)
+    _convert("import_hf", src, out, overwrite, json_out)
 
 
 @app.command("export-hf")
@@ -300,11 +307,16 @@ def export_hf(
     json_out: Json = False,
 ) -> None:
     """Export a run folder as a Hugging Face GPT-2 folder (config, safetensors, tokenizer)."""
+    _convert("export_hf", run, out, overwrite, json_out)
+
+
+def _convert(name: str, src: Path, out: Path, overwrite: bool, json_out: bool) -> None:
+    """import-hf and export-hf: commands.hf's `name`, reported on stderr (and as JSON)."""
     from gptcli.commands import hf
 
     if json_out:
         stdout_wanted()
-    result = hf.export_hf(hf.HFRequest(run, out, overwrite))
+    result = getattr(hf, name)(hf.HFRequest(src, out, overwrite))
     _console().info(result.to_text())
     if json_out:
         _print(result, as_json=True)
@@ -328,10 +340,11 @@ def info(run: Annotated[Path, typer.Argument(help="A run folder.")], json_out: J
 @tokenizer_app.command("train")
 @settings_options(ModelConfig, only=("vocab_size",))
 def tokenizer_train(
-    paths: Annotated[list[str], typer.Argument(help="Text files, folders or - for stdin.")],
+    paths: Annotated[list[str], typer.Argument(help=CORPUS_HELP)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write tokenizer.json into.")
                    ] = workspace.TOKENIZER,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing tokenizer.json.")] = False,
+    text_field: TextField = None,
     threads_n: Threads = None,
     settings: dict | None = None,
 ) -> None:
@@ -341,7 +354,8 @@ def tokenizer_train(
 
     console = _console()
     vocab_size = ModelConfig(**settings).validate().vocab_size  # the default, or the checked value given
-    console.info(command.train(command.TrainTokenizerRequest(paths, vocab_size, out, overwrite), console).to_text())
+    req = command.TrainTokenizerRequest(paths, vocab_size, out, overwrite, text_field)
+    console.info(command.train(req, console).to_text())
 
 
 @tokenizer_app.command("encode")

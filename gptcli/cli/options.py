@@ -34,6 +34,11 @@ TokenizerPath = Annotated[Optional[Path], typer.Option(
 Threads = Annotated[Optional[int], typer.Option(
     "--threads", help="CPU threads to compute with [default: torch's, one per core this process may use].",
     metavar="N", show_default=False)]
+TextField = Annotated[Optional[str], typer.Option(
+    "--text-field", help="The field of JSON lines or Parquet records that holds the text; with it, stdin is read "
+    "as JSON lines [default: text].", metavar="NAME", show_default=False)]
+CORPUS_HELP = ("Text, JSON lines (.jsonl) or Parquet files, also .gz, .zst or .xz compressed; folders (searched "
+               "recursively); or - for stdin.")
 Prompt = Annotated[Optional[str], typer.Option(
     "--prompt", "-p", help="The prompt; - reads it from stdin. Without it, piped stdin is the prompt.",
     show_default=False)]

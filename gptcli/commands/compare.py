@@ -48,6 +48,7 @@ class CompareRequest:
     settings: dict = field(default_factory=dict)  # training settings for every arch
     val: list[str] = field(default_factory=list)
     overwrite: bool = False
+    text_field: str | None = None  # the records' text field (JSON lines, Parquet); None: "text"
 
 
 @dataclass
@@ -115,7 +116,8 @@ def run(req: CompareRequest, console: Console) -> CompareResult:
         # would otherwise get Muon, its own default)
         settings = {"eval_interval": EVAL_INTERVAL, "optimizer": "adamw", **req.settings, "arch": arch}
         run_req = train.TrainRequest(paths=req.paths, preset=req.preset, settings=settings,
-                                     out=req.out / arch, val=req.val, overwrite=req.overwrite)
+                                     out=req.out / arch, val=req.val, overwrite=req.overwrite,
+                                     text_field=req.text_field)
         try:
             result = train.run(run_req, console)
         except GptcliError as e:
@@ -143,8 +145,8 @@ def _measure(req: CompareRequest, records: list[dict], console: Console) -> None
     """Each trained arch's figures: from its run folder, a timed greedy generation, and
     the validation loss by position (windows of the context, each from a fresh start)."""
     first = ckpt.load_run(req.out / records[0]["arch"])[1]
-    with documents(req.paths, console.warn) as docs, \
-            documents(req.val, console.warn) if req.val else _nothing() as val_docs:
+    with documents(req.paths, console.warn, req.text_field) as docs, \
+            documents(req.val, console.warn, req.text_field) if req.val else _nothing() as val_docs:
         val = inputs.splits(docs, val_docs, first, _val_fraction(req.out / records[0]["arch"]), console)[1]
     device = pick_device(req.settings.get("device", "auto"))
     for r in records:

@@ -26,6 +26,7 @@ class EvalRequest:
     paths: list[str]
     checkpoint: Path | None  # None: the newest run, else the shipped model
     options: EvalOptions  # stride (None: half the context), batch size, device
+    text_field: str | None = None  # the records' text field (JSON lines, Parquet); None: "text"
 
 
 @dataclass
@@ -60,7 +61,7 @@ def run(req: EvalRequest, console: Console) -> EvalResult:
     check_scoring(cfg, opts.batch_size)
     model, tok, _ = ckpt.load_run(run_dir, device)
     block = model.config.block_size
-    with documents(req.paths, console.warn) as docs:
+    with documents(req.paths, console.warn, req.text_field) as docs:
         tokens = inputs.tokens(docs, tok, console, "text").array()
     if len(tokens) < 2:
         raise UsageError("the text is too short to score: it needs at least one token after <|endoftext|>")

@@ -101,7 +101,7 @@ def _lines(text: str) -> list[str]:
 
 def tokens(docs: list[Document], tok: BPETokenizer, console: Console, what: str) -> TokenFile:
     """The documents' tokens from the cache, or tokenized into it under a progress bar."""
-    total = sum(d.n_bytes for d in docs)
+    total = sum(d.size for d in docs)
     tf = lookup_cache(docs, tok, warn=console.warn)
     if tf is not None:
         how = "cached"

@@ -25,6 +25,7 @@ class TrainTokenizerRequest:
     vocab_size: int
     out: Path  # a folder, or a .json file
     overwrite: bool
+    text_field: str | None = None  # the records' text field (JSON lines, Parquet); None: "text"
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Text:
 def train(req: TrainTokenizerRequest, console: Console) -> Text:
     target = req.out if req.out.suffix == ".json" else req.out / TOKENIZER_FILE
     folders.check_file_out(target, "--out", req.overwrite, reads=[Path(p) for p in req.paths if p != "-"])
-    with documents(req.paths, console.warn) as docs:
+    with documents(req.paths, console.warn, req.text_field) as docs:
         tok = BPETokenizer.train(iter_documents_text(docs), req.vocab_size)
     tok.save(target)
     return Text(f"wrote {target} ({tok.vocab_size} tokens)")

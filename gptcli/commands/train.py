@@ -142,14 +142,16 @@ def _prepare_and_train(req: TrainRequest, console: Console, dist: Dist) -> Train
     plan = plan_resume(req) if req.resume is not None else plan_new(req)
     device = distributed.place(dist, pick_device(plan.train_cfg.device))
     precision = pick_precision(plan.train_cfg.dtype, device)
-    with documents(plan.paths, console.warn) as docs, documents(plan.val_paths, console.warn) if plan.val_paths \
+    with documents(plan.paths, console.warn, plan.text_field) as docs, \
+            documents(plan.val_paths, console.warn, plan.text_field) if plan.val_paths \
             else contextlib.nullcontext([]) as val_docs:
         if req.resume is not None:
             check_same_corpus(plan, docs, val_docs, req.allow_corpus_change)
         tok, new_tokenizer = _tokenizer(req, plan, docs, console)
         train_split, val_split = inputs.splits(docs, val_docs, tok, plan.train_cfg.val_fraction, console)
         digests = [[d.digest for d in docs], [d.digest for d in val_docs]]
-        corpus = {"corpus": [d.name for d in docs], "corpus_digests": digests[0], "val_digests": digests[1]}
+        corpus = {"corpus": [d.name for d in docs], "corpus_digests": digests[0], "val_digests": digests[1],
+                  "text_field": plan.text_field}
     model_cfg = dataclasses.replace(plan.model_cfg, vocab_size=tok.vocab_size)
     if req.resume is None and req.init is None:
         model_cfg = matched_shape(model_cfg, req.preset or DEFAULT_PRESET, req.settings)
@@ -276,6 +278,7 @@ def _lead(trainer: Trainer, s: _Setup, run: Path, state: dict | None) -> None:
     send them a resumed run's state (trainer_state.json and the optimizer's tensors)."""
     distributed.announce({"model": to_dict(s.model_cfg), "train": to_dict(s.plan.train_cfg),
                           "tokenizer": s.tok.json_text, "paths": s.plan.paths, "val_paths": s.plan.val_paths,
+                          "text_field": s.plan.text_field,
                           "digests": s.digests, "run": str(run), "resume": state is not None})
     distributed.check_all_ready(None)
     if state is not None:
@@ -309,8 +312,8 @@ def _join(message: dict, dist: Dist) -> Trainer:
     train_cfg = from_dict(TrainConfig, message["train"], "rank 0's training settings").validate()
     tok = BPETokenizer.from_text(message["tokenizer"], "rank 0's tokenizer")
     precision = pick_precision(train_cfg.dtype, distributed.place(dist, pick_device(train_cfg.device)))
-    paths, val_paths = message["paths"], message["val_paths"]
-    with documents(paths, silent.warn) as docs, documents(val_paths, silent.warn) if val_paths \
+    paths, val_paths, field = message["paths"], message["val_paths"], message["text_field"]
+    with documents(paths, silent.warn, field) as docs, documents(val_paths, silent.warn, field) if val_paths \
             else contextlib.nullcontext([]) as val_docs:
         if [[d.digest for d in docs], [d.digest for d in val_docs]] != message["digests"]:
             raise UsageError("it reads other text than rank 0 does: every machine needs the same corpus at the same "

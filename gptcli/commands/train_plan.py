@@ -39,6 +39,7 @@ class TrainRequest:
     tokenizer: Path | None = None
     val: list[str] = field(default_factory=list)
     allow_corpus_change: bool = False  # resume on a corpus whose digests differ from the recorded ones
+    text_field: str | None = None  # the records' text field (JSON lines, Parquet); None: "text"
 
 
 
@@ -93,6 +94,7 @@ class Plan:
     previous: dict  # the training summary of a resumed run; empty for a new one
     tok: BPETokenizer | None  # known up front when resuming or fine-tuning
     init_weights: dict | None = None  # --init: the weights to start from
+    text_field: str | None = None  # the records' text field, as given (or recorded, on resume)
 
 
 def plan_resume(req: TrainRequest) -> Plan:
@@ -124,7 +126,8 @@ def plan_resume(req: TrainRequest) -> Plan:
     tok = BPETokenizer.load(run / TOKENIZER_FILE)
     ckpt.check_tokenizer(tok, model_cfg, doc, run)
     ckpt.read_metrics(run)  # a damaged metrics.jsonl stops here, before anything is written
-    return Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [], previous, tok)
+    return Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [], previous, tok,
+                text_field=req.text_field or previous.get("text_field"))
 
 
 def plan_new(req: TrainRequest) -> Plan:
@@ -152,7 +155,7 @@ def plan_new(req: TrainRequest) -> Plan:
         tok = BPETokenizer.load(req.tokenizer)
     budget.check_training(dataclasses.replace(model_cfg, vocab_size=tok.vocab_size if tok else model_cfg.vocab_size),
                           train_cfg.batch_size)
-    return Plan(run, model_cfg, train_cfg, req.paths, req.val, {}, tok, weights)
+    return Plan(run, model_cfg, train_cfg, req.paths, req.val, {}, tok, weights, req.text_field)
 
 
 def check_same_corpus(plan: Plan, docs: list[Document], val_docs: list[Document], allow: bool) -> None:
