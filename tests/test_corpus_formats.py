@@ -16,6 +16,7 @@ from gptcli import corpus_formats
 from gptcli.corpus import collect_documents, document_pieces, iter_documents_text
 from gptcli.data import tokenize_to_cache
 from gptcli.errors import UsageError
+
 from helpers import TINY_FLAGS, assert_clean_error, cli
 
 zstandard = pytest.importorskip("zstandard")

@@ -27,6 +27,7 @@ from gptcli.cli.options import (
     TextField,
     Threads,
     TokenizerPath,
+    complete_from,
     settings_options,
 )
 from gptcli.config import (
@@ -44,7 +45,7 @@ from gptcli.errors import ReportedElsewhere
 from gptcli.store.readers import dumps
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 tokenizer_app = typer.Typer(help="Train, and use, a byte-level BPE tokenizer.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 
@@ -104,7 +105,7 @@ def train(
         "--allow-corpus-change", help="With --resume: continue although the corpus differs from the run's.")] = False,
     preset: Annotated[Optional[str], typer.Option(
         help=f"Model shape and training defaults: {', '.join(PRESETS)} [default: {DEFAULT_PRESET}].",
-        show_default=False)] = None,
+        show_default=False, autocompletion=complete_from(PRESETS))] = None,
     text_field: TextField = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
@@ -201,7 +202,7 @@ def compare(
         "[default: checkpoints/compare-<corpus>-<time>].", show_default=False)] = None,
     preset: Annotated[Optional[str], typer.Option(
         help=f"The size every architecture matches: {', '.join(PRESETS)} [default: {DEFAULT_PRESET}].",
-        show_default=False)] = None,
+        show_default=False, autocompletion=complete_from(PRESETS))] = None,
     val: Annotated[Optional[list[str]], typer.Option(
         help="Validation text (files/folders); default: the end of the corpus.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the runs of an earlier comparison in --out.")] = False,

@@ -92,7 +92,7 @@ def run(app: typer.Typer) -> None:
     """Run the app with gptcli's error and exit-code conventions."""
     guard_streams()
     try:
-        rv = app(standalone_mode=False)
+        rv = app(standalone_mode=False, prog_name="gptcli")  # also under python -m: completion keys on it
         code = rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         code = e.exit_code

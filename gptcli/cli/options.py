@@ -23,10 +23,28 @@ from gptcli.settings import Spec, allowed, base_type, specs
 
 PRESET_SECTION = {ModelConfig: "model", TrainConfig: "train"}
 
+
+# Shell completion (`gptcli --install-completion`): values offered after a flag. What
+# they return is all the shell gets; none, and bash completes file names.
+def complete_from(values) -> typing.Callable[[str], list[str]]:
+    """Complete from a fixed set of values, such as a setting's choices."""
+    return lambda incomplete: [v for v in values if v.startswith(incomplete)]
+
+
+def complete_run(incomplete: str) -> list[str]:
+    """Run folders under ./checkpoints (those with a config.json), by name."""
+    runs = Path("checkpoints")
+    try:
+        found = sorted(str(p) for p in runs.iterdir() if (p / "config.json").is_file())
+    except OSError:
+        return []
+    return [r for r in found if r.startswith(incomplete)]
+
+
 # Options several commands share, defined once.
 Checkpoint = Annotated[Optional[Path], typer.Option(
     "--checkpoint", "-c", help="Run folder [default: the newest under ./checkpoints/, else the shipped model].",
-    show_default=False)]
+    show_default=False, autocompletion=complete_run)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing OUT of the same kind.")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
@@ -98,7 +116,8 @@ def _option(cls: type, name: str, kind: object, spec: Spec) -> object:
     elif typing.get_origin(base) is tuple:
         base = list[str]
     metavar = spec.metavar or ("[" + "|".join(spec.choices) + "]" if spec.choices else None)
-    info = typer.Option(*decls, help=help_text(cls, name), show_default=False, metavar=metavar)
+    info = typer.Option(*decls, help=help_text(cls, name), show_default=False, metavar=metavar,
+                        autocompletion=complete_from(spec.choices) if spec.choices else None)
     return Annotated[Optional[base], info]  # noqa: UP045 (typer reads the annotation at run time)
 
 
