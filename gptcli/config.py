@@ -256,6 +256,10 @@ class GenerateOptions:
     dtype: str = setting("float32", "Weights while decoding: float32 (exact); float16 (x86 CPU, GPT models: "
                          "faster for one prompt or beams, nearly always the same tokens); int8 (CPU, GPT "
                          "models: faster, more tokens differ).", choices=("float32", "float16", "int8"))
+    interactive: bool = setting(False, "Type text, and the model continues it, turn after turn, with its cache kept "
+                                "(Ctrl-C stops a reply; Ctrl-D quits; /help).", flag="--interactive", short="-i")
+    reverse_prompt: tuple[str, ...] = setting((), "With --interactive: hand control back once the model writes "
+                                              "this text (kept in the text); repeatable.", short="-r", metavar="TEXT")
 
     def validate(self) -> GenerateOptions:
         check(self)

@@ -45,6 +45,8 @@ class GenerateRequest:
     device: str = "auto"
     dtype: str = "float32"  # the weights while decoding: float32, float16 or int8 (kernels.WEIGHTS)
     keep: bool = False  # keep every output in the result (the sink has them anyway; memory grows with the count)
+    interactive: bool = False  # a session at the terminal (commands/interactive.py); prompts: the first text
+    reverse_prompts: tuple[str, ...] = ()  # interactive: texts that hand control back
 
 
 def request(checkpoint: Path | None, prompt: str | None, prompts_file: str | None, greedy: bool, stream: bool,
@@ -55,11 +57,20 @@ def request(checkpoint: Path | None, prompt: str | None, prompts_file: str | Non
         raise UsageError("--prompt and --prompts are exclusive: give one")
     sample = SampleConfig.settle({"seed": random_seed(), **pick(SampleConfig, settings)}, greedy=greedy)
     options = GenerateOptions(**pick(GenerateOptions, settings)).validate()
-    texts = read_prompts(prompts_file) if prompts_file is not None else [prompt_text(prompt)]
+    if options.reverse_prompt and not options.interactive:
+        raise UsageError("--reverse-prompt applies to --interactive sessions: for one output, use --stop")
+    if options.interactive:
+        if prompts_file is not None or json_lines or not stream or prompt == "-":
+            raise UsageError("--interactive reads your lines from stdin and streams its replies: it takes no "
+                             "--prompts, --json, --no-stream or --prompt -")
+        texts = [check_text(prompt, "--prompt") if prompt is not None else ""]
+    else:
+        texts = read_prompts(prompts_file) if prompts_file is not None else [prompt_text(prompt)]
     for stop in sample.stop:
         check_text(stop, "--stop")
     return GenerateRequest(checkpoint=checkpoint, prompts=texts, sample=sample, batch_size=options.batch_size,
-                           stream=stream, json_lines=json_lines, device=options.device, dtype=options.dtype)
+                           stream=stream, json_lines=json_lines, device=options.device, dtype=options.dtype,
+                           interactive=options.interactive, reverse_prompts=options.reverse_prompt)
 
 
 @dataclass
@@ -90,6 +101,11 @@ def escape_line(text: str) -> str:
 def run(req: GenerateRequest, out: Sink, console: Console) -> GenerateResult:
     """Generate every output of the request, writing the product to `out` in input order."""
     engine = Generator(req.checkpoint, device=req.device, dtype=req.dtype, note=console.info)
+    if req.interactive:
+        from gptcli.commands import interactive
+
+        interactive.run(engine, req, out, console)
+        return GenerateResult(req.sample)
     cfg = req.sample
     single = len(req.prompts) * (cfg.num_return if cfg.strategy == "beam" else cfg.num_samples) == 1
     streaming = single and req.stream and not req.json_lines and cfg.strategy != "beam"

@@ -86,6 +86,24 @@ class FastDecoder:
         self.next_pos = self.next_pos + 1
         return head(x.view(tokens.numel(), -1))
 
+    @property
+    def room(self) -> int:
+        """Tokens the context can still take before it must slide."""
+        return self.cfg.block_size - (self.cache.pos if self.cache is not None else 0)
+
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T), after the cached ones (at most `room`) -> the last one's logits
+        (B, V): a step of several tokens, such as the next line of an interactive session."""
+        B, T = tokens.shape
+        if T == 1:
+            return self.step(tokens[:, 0])
+        self._check()
+        layers, head = (None, self.model.lm_head) if self.weights == "float32" else self.prepared.layers(B * T)
+        positions = self.next_pos[:, None] + torch.arange(T, device=self.device)
+        x = self.model.hidden(tokens, layers, self.cache, positions, last_only=True)
+        self.next_pos = self.next_pos + T
+        return head(x.view(B, -1))
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows `rows` (beam search: each new beam continues an old one)."""
         if rows.numel() != self.next_pos.numel():  # a new batch size: its own Matmuls
@@ -114,6 +132,7 @@ class RecurrentDecoder:
     goes on). Same interface as FastDecoder."""
 
     full = False  # never: a recurrent model has no context limit
+    room = 1 << 62
 
     def __init__(self, model: RecurrentLM, prepared: None = None):
         if model.training:
@@ -134,6 +153,11 @@ class RecurrentDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         x, self.state = self.model.run(tokens[:, None], self.state)
         return self.model.lm_head(x[:, 0])
+
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) after the ones seen -> the last one's logits (B, V)."""
+        x, self.state = self.model.run(tokens, self.state)
+        return self.model.lm_head(x[:, -1])
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.state = tuple(s.index_select(1, rows) for s in self.state) if isinstance(self.state, tuple) \

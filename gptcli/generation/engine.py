@@ -32,6 +32,7 @@ from gptcli.device import pick_device, pick_precision
 from gptcli.errors import UsageError
 from gptcli.generation.kernels import has_fp16_kernel
 from gptcli.generation.search import Hypothesis, beam_search, decode_steps
+from gptcli.generation.session import Session
 from gptcli.generation.text import Output, StopCutter, sample_seed
 from gptcli.scoring import Score, score_tokens, window_stride
 from gptcli.settings import specs
@@ -92,7 +93,7 @@ class Generator:
         with self._lock:
             if self.prepared is None or rows in self._warm:
                 return
-        self.architecture.decoder(self.model, self.dtype, self.prepared).warm_up(rows)
+        self.decoder().warm_up(rows)
         with self._lock:  # only once it worked (a thread racing this one warms up too: harmless)
             self._warm.add(rows)
 
@@ -103,6 +104,11 @@ class Generator:
         eot = self.tokenizer.eot_id if stop_at_eot else -1
         return _in_inference_mode(decode_steps(self.model, prompts, sample, eot, generators, self.dtype,
                                                self.prepared))
+
+    def decoder(self):
+        """A new decoder of this model (one row or many, a cache of its own) sharing the
+        engine's prepared weights."""
+        return self.architecture.decoder(self.model, self.dtype, self.prepared)
 
     def beams(self, prompt: list[int], sample: SampleConfig, stop_at_eot: bool = True) -> list[Hypothesis]:
         """Beam search (search.beam_search): the best sample.num_return hypotheses."""
@@ -215,6 +221,13 @@ class Generator:
             raise UsageError(f"stream() takes one prompt, a string; got {type(prompt).__name__}")
         pieces = self.outputs([prompt], sample, batch_size=1)
         return (piece.text for piece in pieces if piece.text)
+
+    def session(self, reverse_prompts: str | list[str] | tuple[str, ...] = (), **settings) -> Session:
+        """A running text to continue turn after turn, its cache kept between turns
+        (session.Session): `s.add("ROMEO:\n")`, then `"".join(s.reply())`."""
+        if isinstance(reverse_prompts, str):
+            reverse_prompts = (reverse_prompts,)
+        return Session(self, self.sample_config(settings), tuple(reverse_prompts))
 
     def score(self, text: str, stride: int | None = None, batch_size: int = 8) -> Score:
         """How well the model predicts text, as `gptcli eval` scores a file holding it:

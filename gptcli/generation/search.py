@@ -53,12 +53,7 @@ def decode_steps(model: LanguageModel, prompts: list[list[int]], cfg: SampleConf
             seen[i, r] = True
     done = [False] * B
     for step in range(cfg.max_new_tokens):
-        scores = process_logits(logits, cfg, seen)
-        if cfg.strategy == "greedy":
-            nxt = scores.argmax(dim=-1)
-        else:
-            nxt = draw(scores.softmax(dim=-1), generators)
-        logp = scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
+        nxt, logp = choose(logits, cfg, seen, generators)
         ids = nxt.tolist()
         yield ids, logp.tolist()
         for i, t in enumerate(ids):
@@ -72,6 +67,18 @@ def decode_steps(model: LanguageModel, prompts: list[list[int]], cfg: SampleConf
             logits = decoder.prefill([r[-window_size(model):] for r in rows])
         else:
             logits = decoder.step(nxt)
+
+
+def choose(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor | None,
+           generators: list[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's next token (B,) by the strategy, and its log-probability under the
+    distribution it was drawn from (B,)."""
+    scores = process_logits(logits, cfg, seen)
+    if cfg.strategy == "greedy":
+        nxt = scores.argmax(dim=-1)
+    else:
+        nxt = draw(scores.softmax(dim=-1), generators)
+    return nxt, scores.log_softmax(dim=-1).gather(1, nxt[:, None])[:, 0]
 
 
 # -- beam search -------------------------------------------------------------------
