@@ -235,3 +235,23 @@ def test_records_tokenize_to_a_bounded_batch(tmp_path, mixed_tokenizer, monkeypa
     tf, _ = tokenize_to_cache(_docs([path]), mixed_tokenizer)
     assert max(sizes) == 100 and sum(sizes) == 1050
     assert np.count_nonzero(tf.array() == mixed_tokenizer.eot_id) == 1050
+
+
+def test_train_reads_a_folder_of_parquet_shards(tmp_path, monkeypatch, capsys, shakespeare_text):
+    monkeypatch.chdir(tmp_path)
+    paragraphs = [p for p in shakespeare_text[:60000].split("\n\n") if p.strip()]
+    (tmp_path / "shards").mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"text": paragraphs[i::3]}), tmp_path / "shards" / f"{i:05d}.parquet",
+                       row_group_size=50)
+    code, out, err = cli(monkeypatch, capsys, "train", "shards", *TINY_FLAGS, "--max-steps", "2", "-o", "run", "--json")
+    assert code == 0, err
+    assert json.loads(out)["corpus"] == [f"shards/{i:05d}.parquet" for i in range(3)]
+
+
+def test_compare_refuses_a_bad_corpus_before_making_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_bytes(_jsonl(["some text " * 50]))
+    code, out, err = cli(monkeypatch, capsys, "compare", "d.jsonl", "--arch", "gpt", "--max-steps", "2", "-o", "cmp")
+    assert_clean_error(code, out, err, 2, "d.jsonl line 1 has no 'text' field")
+    assert not (tmp_path / "cmp").exists()

@@ -108,6 +108,9 @@ def check_request(req: CompareRequest) -> None:
 
 def run(req: CompareRequest, console: Console) -> CompareResult:
     check_request(req)
+    with documents(req.paths, console.warn, req.text_field), \
+            documents(req.val, console.warn, req.text_field) if req.val else _nothing():
+        pass  # a corpus every arch would fail on stops here, before any folder is made
     req.out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     for i, arch in enumerate(req.archs):
