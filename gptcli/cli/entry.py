@@ -16,7 +16,7 @@ import typer
 
 from gptcli.config import flag
 from gptcli.console import say
-from gptcli.errors import GptcliError, ReportedElsewhere, RunError, SettingError, UsageError
+from gptcli.errors import GptcliError, ReportedElsewhere, RunError, SettingError, UsageError, printable
 
 state = {"debug": False, "stdout_closed": False}
 
@@ -84,8 +84,8 @@ def guard_streams() -> None:
 
 def one_line(message: str) -> str:
     """An error message as the one line it must be: a newline or CR inside it (a path
-    can hold them) is written escaped."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
+    can hold them) is written escaped, and so are a path's bytes that are not UTF-8."""
+    return printable(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def run(app: typer.Typer) -> None:

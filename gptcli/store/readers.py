@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli.errors import UsageError, first_line
+from gptcli.errors import UsageError, first_line, printable
 
 MAX_JSON_BYTES = 64 << 20  # a config or trainer state is a few KB; anything this large is not one
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
@@ -68,11 +68,7 @@ def _strict(value: object) -> object:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return printable(value)
     if isinstance(value, dict):
         return {_strict(k): _strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
