@@ -139,3 +139,22 @@ def test_a_name_near_the_255_byte_limit_still_gets_written(tmp_path):
         (stage / "f").write_text("z")
     assert (tmp_path / ("d" * 250) / "f").read_text() == "z"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_symlinked_output_folder_is_refused_and_a_swap_leaves_no_hidden_link(tmp_path):
+    """--out LINK would swap the link, not what it names, and take the lock outside: it is
+    refused. Should a link reach the swap anyway, it is removed itself: no hidden
+    .NAME.old.* link is left, and the folder it names keeps its files."""
+    tmp_path = tmp_path / "here"
+    tmp_path.mkdir()
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "mark").write_text("precious")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(UsageError, match="is a symbolic link"):
+        _check(link, overwrite=True)
+    with folders.staged(link) as stage:
+        (stage / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert not link.is_symlink() and (link / "new.txt").exists() and (real / "mark").read_text() == "precious"

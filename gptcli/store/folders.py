@@ -26,7 +26,12 @@ def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Cal
               writer: Callable[[Path], int | None] = lambda _: None, hint: str = "") -> None:
     """Refuse a bad output folder; nothing is created. `label` names it in messages (e.g.
     "--out run"), `is_kind` says whether an existing folder may be replaced, `writer`
-    gives the pid of a process writing it, and `hint` ends the not-empty message."""
+    gives the pid of a process writing it, and `hint` ends the not-empty message. A
+    symbolic link is refused whatever it names: the swap would replace the link, not the
+    folder it names, and the lock would be taken outside."""
+    if out.is_symlink():
+        raise UsageError(f"{label} is a symbolic link: name the folder itself (gptcli writes no output folder "
+                         "through a link)")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{label} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -112,17 +117,28 @@ def staged(target: Path, old: Path | None = None) -> Iterator[Path]:
     try:
         yield stage
         aside = None
-        if target.exists():
+        if target.is_symlink():  # check_out refuses these; never leave one behind under a hidden name
+            target.unlink()
+        elif target.exists():
             aside = old or Path(tempfile.mkdtemp(prefix=f"{atomic.temp_prefix(target)}old.", dir=parent))
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove(aside)
             target.rename(aside)
         stage.rename(target)
         atomic.fsync_dir(parent)
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove(aside)
     except OSError as e:
         raise RunError(f"could not write {target}: {e.strerror or e}") from None
     except RunError as e:  # a failed write inside: name the file users know
         raise RunError(str(e).replace(str(stage), str(target))) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder moved aside; a link (rmtree refuses one, silently here) is unlinked
+    itself, and nothing it names is touched."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
