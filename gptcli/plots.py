@@ -15,6 +15,32 @@ from gptcli.errors import printable
 from gptcli.store import atomic
 
 MAX_LABELS = 40  # tick labels per axis before they are thinned out
+MAX_POINTS = 4096  # points a curve keeps: far more than a panel's width in pixels
+
+
+class Thinned:
+    """At most `cap` rows (and the last one) of a stream too long to keep whole, evenly
+    spaced: every `stride`-th row, where the stride doubles, and every other kept row is
+    dropped, each time the cap is passed. Memory is bounded by the cap, not the stream,
+    and no second pass (or knowing the length up front) is needed."""
+
+    def __init__(self, cap: int | None = None):
+        self.cap, self.stride, self.seen = cap or MAX_POINTS, 1, 0
+        self.kept: list[tuple] = []
+        self.last: tuple | None = None
+
+    def add(self, row: tuple) -> None:
+        if self.seen % self.stride == 0:
+            self.kept.append(row)
+            if len(self.kept) > self.cap:
+                self.kept = self.kept[::2]  # rows at multiples of 2 * stride stay
+                self.stride *= 2
+        self.last = row
+        self.seen += 1
+
+    def rows(self) -> list[tuple]:
+        ends_kept = self.seen == 0 or (self.seen - 1) % self.stride == 0
+        return self.kept if ends_kept else [*self.kept, self.last]
 
 
 @functools.cache

@@ -126,7 +126,8 @@ def plan_resume(req: TrainRequest) -> Plan:
         raise UsageError(f"{run} was trained on stdin: pipe the same text again with `gptcli train - --resume {run}`")
     tok = BPETokenizer.load(run / TOKENIZER_FILE)
     ckpt.check_tokenizer(tok, model_cfg, doc, run)
-    ckpt.read_metrics(run)  # a damaged metrics.jsonl stops here, before anything is written
+    for _ in ckpt.iter_metrics(run):  # a damaged metrics.jsonl stops here, before anything is written
+        pass
     return Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [], previous, tok)
 
 
