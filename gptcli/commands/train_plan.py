@@ -104,6 +104,9 @@ def plan_resume(req: TrainRequest) -> Plan:
         raise UsageError("--resume continues a run in place: it takes no --out, --overwrite, --init or --tokenizer")
     doc = ckpt.read_config(run)
     ckpt.refuse_links(run)  # resume writes the folder in place: never through a link out of it
+    for folder in (run, run / ckpt.RESUME, run / ckpt.RESUME_OLD):  # the swap of resume/ deletes the old one's files
+        if folder.is_dir():
+            folders.check_writable(folder, str(folder), "a resumed run is written in place; copy it somewhere writable")
     ckpt.read_trainer_state(run)  # a damaged state stops here, before any slow work
     previous = doc.get("training") or {}
     train_cfg = from_dict(TrainConfig, previous.get("config") or {}, f"{run / ckpt.CONFIG} training config")

@@ -74,15 +74,27 @@ def check_file_out(path: Path, label: str, overwrite: bool = False, reads: Itera
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    problem = None if parent.is_dir() else "not a folder"
-    if problem is None:
-        try:  # a real probe: permission bits say nothing for root, or on /proc
-            with tempfile.TemporaryFile(dir=parent):
-                pass
-        except OSError as e:
-            problem = e.strerror or str(e)
-    if problem is not None:
+    if (problem := _unwritable(parent)) is not None:
         raise UsageError(f"cannot write {label} {path}: {parent} is not a folder you can write to ({problem})")
+
+
+def check_writable(folder: Path, label: str, why: str) -> None:
+    """Refuse, before any work, a folder a command must write in place (a resumed run)
+    but cannot: read-only, or on a read-only file system. `why` ends the message."""
+    if (problem := _unwritable(folder)) is not None:
+        raise UsageError(f"cannot write to {label}: {problem} ({why})")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be created in `folder`, or None. A real probe: permission bits say
+    nothing for root (or a process without its override), or on /proc."""
+    if not folder.is_dir():
+        return "not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
 
 
 def _node_kind(mode: int) -> str:
