@@ -8,6 +8,7 @@ cli/app.py defines the commands; `run(app)` runs one. Imports nothing heavy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sys
@@ -116,6 +117,12 @@ def run(app: typer.Typer) -> None:
             else:
                 hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
                 say(f"error: {one_line(e.format_message())}{hint}")
+            code = 2
+        elif isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG and not state["debug"]:
+            # a path the user gave, whichever check met it first: their input, not a failure
+            name = e.filename if isinstance(e.filename, str) else "a path given"
+            say(f"error: {one_line(name)}: a name in it is longer than the file system allows (255 bytes): "
+                "choose a shorter one")
             code = 2
         elif state["debug"]:
             raise

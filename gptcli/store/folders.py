@@ -67,7 +67,7 @@ def check_file_out(path: Path, label: str, overwrite: bool = False, reads: Itera
             raise UsageError(f"{label} {path} is a folder: name a file")
         if not stat.S_ISREG(mode):
             raise UsageError(f"{label} {path} is {_node_kind(mode)}, not a regular file: name a file to write")
-        if any(_same_file(path, r) for r in reads):
+        if any(_is_read(path, r) for r in reads):
             raise UsageError(f"{label} {path} is a file this command reads: name another file")
         if not overwrite:
             raise UsageError(f"{label} {path} exists: pass --overwrite to replace it")
@@ -105,9 +105,12 @@ def _node_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _is_read(path: Path, read: Path) -> bool:
+    """`path` is the file `read`, or one inside the folder `read` (a corpus folder)."""
     try:
-        return a.samefile(b)
+        if read.is_dir():
+            return path.resolve().is_relative_to(read.resolve())
+        return path.samefile(read)
     except OSError:
         return False
 
