@@ -12,12 +12,14 @@ import os
 import sys
 import time
 
+from gptcli.errors import printable
+
 
 def say(text: str) -> None:
     """A line on stderr. If stderr is gone (its reader left, its disk is full), the line is
     dropped and later ones go to /dev/null: the work and the exit code matter more."""
     try:
-        print(text, file=sys.stderr, flush=True)
+        print(printable(text), file=sys.stderr, flush=True)
     except (OSError, ValueError):
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -65,3 +65,14 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def printable(text: str) -> str:
+    """`text` as it can be shown or encoded: a path's bytes that are not UTF-8 (which
+    Python holds as lone surrogates, and no UTF-8 stream, JSON or font takes) written as
+    \\xNN escapes. The one rule for messages, --json and figures."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -11,9 +11,36 @@ import functools
 import math
 from pathlib import Path
 
+from gptcli.errors import printable
 from gptcli.store import atomic
 
 MAX_LABELS = 40  # tick labels per axis before they are thinned out
+MAX_POINTS = 4096  # points a curve keeps: far more than a panel's width in pixels
+
+
+class Thinned:
+    """At most `cap` rows (and the last one) of a stream too long to keep whole, evenly
+    spaced: every `stride`-th row, where the stride doubles, and every other kept row is
+    dropped, each time the cap is passed. Memory is bounded by the cap, not the stream,
+    and no second pass (or knowing the length up front) is needed."""
+
+    def __init__(self, cap: int | None = None):
+        self.cap, self.stride, self.seen = cap or MAX_POINTS, 1, 0
+        self.kept: list[tuple] = []
+        self.last: tuple | None = None
+
+    def add(self, row: tuple) -> None:
+        if self.seen % self.stride == 0:
+            self.kept.append(row)
+            if len(self.kept) > self.cap:
+                self.kept = self.kept[::2]  # rows at multiples of 2 * stride stay
+                self.stride *= 2
+        self.last = row
+        self.seen += 1
+
+    def rows(self) -> list[tuple]:
+        ends_kept = self.seen == 0 or (self.seen - 1) % self.stride == 0
+        return self.kept if ends_kept else [*self.kept, self.last]
 
 
 @functools.cache
@@ -82,7 +109,7 @@ def heatmaps(path: Path, maps: list[list], titles: list[str], labels: list[str],
             ax = axes[r][c]
             image = ax.imshow(maps[r][c], cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0),
                               interpolation="nearest")
-            ax.set_title(titles[r * cols + c], fontsize=9, family=families)
+            ax.set_title(printable(titles[r * cols + c]), fontsize=9, family=families)
             ax.set_xticks(ticks, [shown[i] for i in ticks], rotation=90, fontsize=7, family=families)
             ax.set_yticks(ticks, [shown[i] for i in ticks], fontsize=7, family=families)
             if r == rows - 1:
@@ -98,7 +125,7 @@ def heatmaps(path: Path, maps: list[list], titles: list[str], labels: list[str],
         notes.append("#N: a token with characters no installed font draws (listed below)")
         fig.text(0.01, 0.0, "\n".join("    ".join(legend[j:j + 3]) for j in range(0, len(legend), 3)),
                  fontsize=7, family="DejaVu Sans Mono", va="top")
-    fig.suptitle(suptitle + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    fig.suptitle(printable(suptitle) + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
     _save(fig, path)
     return notes
 
@@ -129,9 +156,9 @@ def lines(path: Path, panels: list[tuple[str, str, str, Series]], suptitle: str,
         for label, (x, y) in series.items():
             base = label.split(" (")[0]  # "lstm (val)" and "lstm (train)" share a colour
             colours.setdefault(base, f"C{len(colours)}")
-            ax.plot(x, y, label=label, color=colours[base], linestyle="--" if label in dashed else "-",
+            ax.plot(x, y, label=printable(label), color=colours[base], linestyle="--" if label in dashed else "-",
                     marker="o" if len(x) <= 12 else None, markersize=3)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(printable(title), fontsize=10)
         if log_x:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
@@ -140,7 +167,7 @@ def lines(path: Path, panels: list[tuple[str, str, str, Series]], suptitle: str,
         ax.legend(fontsize=8)
     for ax in [a for row in axes for a in row][len(panels):]:
         ax.axis("off")
-    fig.suptitle(suptitle, fontsize=11)
+    fig.suptitle(printable(suptitle), fontsize=11)  # run names are paths: their bytes need not be UTF-8
     _save(fig, path)
 
 
@@ -156,7 +183,7 @@ def terminal(series: Series, title: str, xlabel: str, ylabel: str, width: int = 
         plt.theme("clear")
     for label, (x, y) in series.items():
         if x:
-            plt.plot(x, y, label=label, marker="braille")
+            plt.plot(x, y, label=printable(label), marker="braille")
     plt.title(title)
     plt.xlabel(xlabel)
     plt.ylabel(ylabel)

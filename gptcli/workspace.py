@@ -22,11 +22,22 @@ DEFAULT_VOCAB = 4096  # tokens in a newly trained tokenizer (docs/benchmarks.md,
 
 
 def cache_root() -> Path:
-    """$GPTCLI_CACHE_DIR, else $XDG_CACHE_HOME/gptcli, else ~/.cache/gptcli."""
+    """$GPTCLI_CACHE_DIR, else $XDG_CACHE_HOME/gptcli, else ~/.cache/gptcli. One that is
+    (or lies under) a file is the user's setting at fault, not a failed write: refused."""
     if os.environ.get("GPTCLI_CACHE_DIR"):
-        return Path(os.environ["GPTCLI_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gptcli"
+        root, named = Path(os.environ["GPTCLI_CACHE_DIR"]), "GPTCLI_CACHE_DIR"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root, named = Path(base) / "gptcli", "the cache folder"
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        from gptcli.errors import UsageError
+
+        where = "is a file" if existing == root else f"lies under {existing}, a file"
+        raise UsageError(f"{named} {root} {where}: point it at a folder")
+    return root
 
 
 def token_cache() -> Path:

@@ -221,3 +221,32 @@ def test_a_run_folder_is_never_written_through_a_symbolic_link(trained_run, monk
     code, out, err = cli(monkeypatch, capsys, "train", "--resume", str(trained_run), "--max-steps", "25")
     assert_clean_error(code, out, err, match="is a symbolic link: gptcli writes no run folder through a link")
     assert {p: p.read_bytes() for p in before} == before and target.is_symlink()
+
+
+def test_a_run_folder_whose_name_is_not_utf8_loads_saves_and_resumes(trained_run, monkeypatch, capsys):
+    """The OS allows any bytes but / in a name; safetensors takes only UTF-8 names. Such
+    a run is read, written and resumed (not blamed as an invalid safetensors file), and
+    --json and messages show the odd byte as \\xff."""
+    import json
+    import os
+    import shutil
+
+    from helpers import cli
+
+    odd = trained_run.parent / os.fsdecode(b"run\xff")
+    shutil.copytree(trained_run, odd)
+    code, out, err = cli(monkeypatch, capsys, "generate", "-c", str(odd), "-p", "hi", "-n", "3", "--greedy")
+    assert code == 0, err
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", str(odd), "--max-steps", "22", "--json")
+    assert code == 0, err
+    assert json.loads(out)["run"].endswith("run\\xff") and "run\\xff" in err
+    ckpt.load_run(odd)
+    assert (odd / "resume" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -430,3 +430,25 @@ def test_an_error_naming_a_path_with_a_newline_stays_one_line(isolated, monkeypa
     code, out, err = cli(monkeypatch, capsys, "generate", "-c", "bad\nname", "-p", "x")
     assert_clean_error(code, out, err, match=r"bad\nname: no such run folder")  # the newline, escaped
     assert err.count("\n") == 1
+
+
+def test_init_refuses_every_shape_flag_it_would_drop_and_warns_about_a_presets(monkeypatch, capsys, small_corpus):
+    """--init takes the shape of the run it starts from: shape flags that disagree are
+    refused in one line naming all of them, a --preset's shape is named in one warning,
+    and --resume names every flag it cannot change."""
+    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "2",
+                       "--out", "base")
+    assert code == 0, err
+    tune = ["train", str(small_corpus), "--init", "base", "--max-steps", "1", "--batch-size", "4", "--eval-iters", "1"]
+    code, out, err = cli(monkeypatch, capsys, *tune, "--arch", "lstm", "--n-layer", "3", "--n-embd", "32",
+                         "--out", "t1")
+    assert_clean_error(code, out, err, match="--arch lstm, --n-layer 3 disagree with the model --init base starts "
+                                             "from (arch gpt, n_layer 1)")
+    code, out, err = cli(monkeypatch, capsys, *tune, "--vocab-size", "500", "--out", "t1")
+    assert_clean_error(code, out, err, match="--vocab-size 500 disagrees")
+    code, out, err = cli(monkeypatch, capsys, *tune, "--preset", "small", "--block-size", "32", "--out", "t2")
+    assert code == 0, err
+    assert err.count("warning: --init base fixes the model shape, so --preset small's n_layer 6, n_head 6, "
+                     "n_embd 384 is not used") == 1
+    code, out, err = cli(monkeypatch, capsys, "train", "--resume", "base", "--lr", "0.1", "--n-layer", "3")
+    assert_clean_error(code, out, err, match="--lr, --n-layer cannot change when resuming")

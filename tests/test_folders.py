@@ -139,3 +139,47 @@ def test_a_name_near_the_255_byte_limit_still_gets_written(tmp_path):
         (stage / "f").write_text("z")
     assert (tmp_path / ("d" * 250) / "f").read_text() == "z"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_symlinked_output_folder_is_refused_and_a_swap_leaves_no_hidden_link(tmp_path):
+    """--out LINK would swap the link, not what it names, and take the lock outside: it is
+    refused. Should a link reach the swap anyway, it is removed itself: no hidden
+    .NAME.old.* link is left, and the folder it names keeps its files."""
+    tmp_path = tmp_path / "here"
+    tmp_path.mkdir()
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "mark").write_text("precious")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(UsageError, match="is a symbolic link"):
+        _check(link, overwrite=True)
+    with folders.staged(link) as stage:
+        (stage / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert not link.is_symlink() and (link / "new.txt").exists() and (real / "mark").read_text() == "precious"
+
+
+def test_every_file_a_command_writes_follows_the_umask(small_corpus, monkeypatch, capsys):
+    """mkstemp and safetensors' own temp files are 0600: whatever gptcli writes (a run,
+    its resume state and lock, an HF export, a tokenizer, a plot) gets 0666 & ~umask."""
+    import os
+    import stat
+
+    from helpers import TINY_FLAGS, cli
+
+    old = os.umask(0o027)
+    try:
+        for args in (["train", "corpus.txt", *TINY_FLAGS, "--max-steps", "2", "--out", "u"], ["export-hf", "u", "hf"],
+                     ["train", "--resume", "u", "--max-steps", "3"], ["import-hf", "hf", "imp"],
+                     ["tokenizer", "train", "corpus.txt", "--vocab-size", "280", "--out", "t.json"],
+                     ["plot", "u", "--out", "c.png"]):
+            code, _, err = cli(monkeypatch, capsys, *args)
+            assert code == 0, err
+    finally:
+        os.umask(old)
+    ws = small_corpus.parent
+    written = [p for p in [*(ws / "hf").rglob("*"), *(ws / "u").rglob("*"), *(ws / "imp").rglob("*"),
+                           *(ws / "tokenizer").rglob("*"), ws / "t.json", ws / "c.png"] if p.is_file()]
+    modes = {str(p.relative_to(ws)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert {k: v for k, v in modes.items() if v != "0o640"} == {}

@@ -56,6 +56,32 @@ def test_read_jsonl_drops_only_a_cut_last_line(tmp_path):
         read_jsonl(path)
 
 
+def test_jsonl_is_streamed_with_a_bound_on_each_line(tmp_path):
+    from gptcli.store.readers import iter_jsonl
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"a": 1}\n' + '{"b": "' + "x" * 200 + '"}\n{"a": 3}\n')
+    assert [n for n, _ in iter_jsonl(path, max_line=300)] == [1, 2, 3]
+    with pytest.raises(UsageError, match="line 2 is longer than 100 bytes"):
+        list(iter_jsonl(path, max_line=100))
+    path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
+    with pytest.raises(UsageError, match="line 2 is not a JSON object"):
+        list(iter_jsonl(path))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 100, 1001])
+def test_a_thinned_stream_keeps_evenly_spaced_rows_under_its_cap_and_the_last(n):
+    from gptcli.plots import Thinned
+
+    thin = Thinned(cap=8)
+    for i in range(n):
+        thin.add((i,))
+    rows = [r[0] for r in thin.rows()]
+    assert len(rows) <= 9 and (rows[-1] == n - 1 if n else rows == [])
+    body = rows if not n or (n - 1) % thin.stride == 0 else rows[:-1]
+    assert body == list(range(0, n, thin.stride))  # every stride-th row, from the first
+
+
 def test_expect_is_exact_about_types():
     expect({"n": 3, "x": 1.5, "o": None}, {"n": int, "x": float, "o?": (int, None), "m?": str}, "doc")
     bad = ((2.0, int), (True, int), (float("nan"), float), ("1", int), ([1, "a"], [int]), ({}, {"k": int}))

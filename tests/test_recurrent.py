@@ -169,3 +169,19 @@ def test_plot_draws_a_run_and_refuses_a_folder_without_metrics(trained_run, monk
 
     chart = run(PlotRequest([trained_run], trained_run.parent / "d.png")).terminal(60, 12)
     assert "validation bits per byte" in chart and len(chart.splitlines()) >= 10
+
+
+def test_plot_streams_long_metrics_under_a_cap_and_names_a_record_it_cannot_draw(trained_run, monkeypatch, capsys):
+    from gptcli import plots
+
+    monkeypatch.setattr(plots, "MAX_POINTS", 4)
+    code, out, err = cli(monkeypatch, capsys, "plot", "run", "--out", "c.png", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["runs"]["run"]["train_step"] == [1, 9, 17, 20] and doc["thinned"] == {"run": {"train": 8}}
+    assert "plotting run: 1 in 8 train records, and the last" in err
+    metrics = trained_run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"type": "train", "step": 21}\n')
+    code, out, err = cli(monkeypatch, capsys, "plot", "run", "--out", "d.png")
+    assert_clean_error(code, out, err, match="metrics.jsonl line")
+    assert "has no 'tokens'" in err

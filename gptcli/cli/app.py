@@ -92,7 +92,8 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue the run in this folder exactly where it stopped.", show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option(
-        help="Start from this run folder's weights and tokenizer (fine-tune), with a fresh optimizer.",
+        help="Start from this run folder's weights, shape and tokenizer (fine-tune), with a fresh optimizer; "
+        "shape flags that disagree with it are refused.",
         show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(
         help="Replace an existing run folder at --out (the old one stays until the new run ends).")] = False,

@@ -8,6 +8,7 @@ cli/app.py defines the commands; `run(app)` runs one. Imports nothing heavy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sys
@@ -16,7 +17,7 @@ import typer
 
 from gptcli.config import flag
 from gptcli.console import say
-from gptcli.errors import GptcliError, ReportedElsewhere, RunError, SettingError, UsageError
+from gptcli.errors import GptcliError, ReportedElsewhere, RunError, SettingError, UsageError, printable
 
 state = {"debug": False, "stdout_closed": False}
 
@@ -84,8 +85,8 @@ def guard_streams() -> None:
 
 def one_line(message: str) -> str:
     """An error message as the one line it must be: a newline or CR inside it (a path
-    can hold them) is written escaped."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
+    can hold them) is written escaped, and so are a path's bytes that are not UTF-8."""
+    return printable(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def run(app: typer.Typer) -> None:
@@ -116,6 +117,12 @@ def run(app: typer.Typer) -> None:
             else:
                 hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
                 say(f"error: {one_line(e.format_message())}{hint}")
+            code = 2
+        elif isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG and not state["debug"]:
+            # a path the user gave, whichever check met it first: their input, not a failure
+            name = e.filename if isinstance(e.filename, str) else "a path given"
+            say(f"error: {one_line(name)}: a name in it is longer than the file system allows (255 bytes): "
+                "choose a shorter one")
             code = 2
         elif state["debug"]:
             raise

@@ -108,7 +108,7 @@ def run(req: AttentionRequest, console: Console) -> AttentionResult:
     opts = req.options
     run_dir = ckpt.resolve_run(req.checkpoint, console.info)
     if req.out is not None:
-        folders.check_file_out(req.out, "--out", req.overwrite, reads=run_dir.rglob("*"))
+        folders.check_file_out(req.out, "--out", req.overwrite, reads=[run_dir])
     cfg = ckpt.model_config(ckpt.read_config(run_dir), run_dir)
     if not architecture(cfg).attention_maps:
         raise UsageError(f"attention maps need a GPT: {run_dir} is an {cfg.arch} model, which has no attention")

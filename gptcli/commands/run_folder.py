@@ -101,5 +101,7 @@ def training_summary(trainer: Trainer) -> dict:
 
 def _truncate_metrics(run: Path, step: int) -> None:
     """Drop records a killed run wrote after its last checkpoint: they are redone."""
-    records = [r for r in ckpt.read_metrics(run) if r.get("step", 0) <= step]
-    atomic.write_text(run / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in records))
+    with atomic.atomic_path(run / ckpt.METRICS) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for record in ckpt.iter_metrics(run):  # streamed: a long run's file is large
+            if record["step"] <= step:
+                out.write(json.dumps(record) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,10 @@ class Text:
 
 def train(req: TrainTokenizerRequest, console: Console) -> Text:
     target = req.out if req.out.suffix == ".json" else req.out / TOKENIZER_FILE
+    if target != req.out and os.path.lexists(req.out) and not req.out.is_dir():  # not the folder it must be
+        if not req.out.is_file() or req.out.is_symlink():
+            folders.check_file_out(req.out, "--out")  # names a device, FIFO, socket or link for what it is
+        raise UsageError(f"--out {req.out} is a file: name a .json file, or a folder to hold {TOKENIZER_FILE}")
     folders.check_file_out(target, "--out", req.overwrite, reads=[Path(p) for p in req.paths if p != "-"])
     with documents(req.paths, console.warn, req.text_field) as docs:
         tok = BPETokenizer.train(iter_documents_text(docs), req.vocab_size)

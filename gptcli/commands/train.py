@@ -140,6 +140,8 @@ def run(req: TrainRequest, console: Console) -> TrainResult:
 
 def _prepare_and_train(req: TrainRequest, console: Console, dist: Dist) -> TrainResult:
     plan = plan_resume(req) if req.resume is not None else plan_new(req)
+    for warning in plan.warnings:
+        console.warn(warning)
     device = distributed.place(dist, pick_device(plan.train_cfg.device))
     precision = pick_precision(plan.train_cfg.dtype, device)
     with documents(plan.paths, console.warn, plan.text_field) as docs, \

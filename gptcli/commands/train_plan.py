@@ -25,6 +25,8 @@ from gptcli.workspace import TOKENIZER_FILE
 
 # Settings a resumed run may change: where it runs and when it stops.
 RESUMABLE = tuple(name for name, (_, spec) in specs(TrainConfig).items() if spec.resumable)
+# The model settings --init may change: regularisation for the fine-tune, not the shape.
+INIT_MAY_CHANGE = ("dropout", "attn_dropout")
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Plan:
     previous: dict  # the training summary of a resumed run; empty for a new one
     tok: BPETokenizer | None  # known up front when resuming or fine-tuning
     init_weights: dict | None = None  # --init: the weights to start from
+    warnings: list[str] = field(default_factory=list)  # said once, before training starts
     text_field: str | None = None  # the records' text field, as given (or recorded, on resume)
 
 
@@ -103,6 +106,9 @@ def plan_resume(req: TrainRequest) -> Plan:
         raise UsageError("--resume continues a run in place: it takes no --out, --overwrite, --init or --tokenizer")
     doc = ckpt.read_config(run)
     ckpt.refuse_links(run)  # resume writes the folder in place: never through a link out of it
+    for folder in (run, run / ckpt.RESUME, run / ckpt.RESUME_OLD):  # the swap of resume/ deletes the old one's files
+        if folder.is_dir():
+            folders.check_writable(folder, str(folder), "a resumed run is written in place; copy it somewhere writable")
     ckpt.read_trainer_state(run)  # a damaged state stops here, before any slow work
     previous = doc.get("training") or {}
     train_cfg = from_dict(TrainConfig, previous.get("config") or {}, f"{run / ckpt.CONFIG} training config")
@@ -113,8 +119,8 @@ def plan_resume(req: TrainRequest) -> Plan:
     fixed = sorted(k for k, v in req.settings.items() if k not in RESUMABLE and recorded.get(k) != v)
     if req.preset is not None and req.preset != previous.get("preset"):
         fixed.append("preset")
-    if fixed:
-        raise UsageError(f"{flag(fixed[0])} cannot change when resuming; only "
+    if fixed:  # every one named: a user fixing them one run at a time would not thank us
+        raise UsageError(f"{', '.join(flag(name) for name in fixed)} cannot change when resuming; only "
                          f"{', '.join(flag(name) for name in RESUMABLE)} can")
     refuse_if_locked(run)  # before any slow work; run_lock checks again when training starts
     for name in set(req.settings) & set(RESUMABLE):
@@ -125,7 +131,8 @@ def plan_resume(req: TrainRequest) -> Plan:
         raise UsageError(f"{run} was trained on stdin: pipe the same text again with `gptcli train - --resume {run}`")
     tok = BPETokenizer.load(run / TOKENIZER_FILE)
     ckpt.check_tokenizer(tok, model_cfg, doc, run)
-    ckpt.read_metrics(run)  # a damaged metrics.jsonl stops here, before anything is written
+    for _ in ckpt.iter_metrics(run):  # a damaged metrics.jsonl stops here, before anything is written
+        pass
     return Plan(run, model_cfg, train_cfg.validate(), paths, req.val or previous.get("val_paths") or [], previous, tok,
                 text_field=req.text_field or previous.get("text_field"))
 
@@ -145,9 +152,10 @@ def plan_new(req: TrainRequest) -> Plan:
     run = req.out or workspace.default_run_folder(req.paths)
     folders.check_out(run, req.overwrite, label=f"--out {run}", kind="a gptcli run folder", is_kind=ckpt.is_run,
                       writer=lock_owner, hint=f", or --resume {run} to continue it")
-    tok, weights = None, None
+    tok, weights, warnings = None, None, []
     if req.init is not None:
         init_model, tok, _ = ckpt.load_run(req.init)
+        warnings = init_overrides(req, init_model.config)
         weights = init_model.state_dict()
         model_cfg = dataclasses.replace(init_model.config, dropout=model_cfg.dropout,
                                         attn_dropout=model_cfg.attn_dropout)
@@ -155,7 +163,32 @@ def plan_new(req: TrainRequest) -> Plan:
         tok = BPETokenizer.load(req.tokenizer)
     budget.check_training(dataclasses.replace(model_cfg, vocab_size=tok.vocab_size if tok else model_cfg.vocab_size),
                           train_cfg.batch_size)
-    return Plan(run, model_cfg, train_cfg, req.paths, req.val, {}, tok, weights, req.text_field)
+    return Plan(run, model_cfg, train_cfg, req.paths, req.val, {}, tok, weights, warnings, req.text_field)
+
+
+def init_overrides(req: TrainRequest, init_cfg: ModelConfig) -> list[str]:
+    """--init takes the model's shape from the run it starts from. A shape flag that
+    contradicts it is refused, all of them in one line (the weights fix the shape: there
+    is nothing to honour it with). A --preset's shape is a bundle the user did not spell
+    out: its shape fields that differ are named in one warning, and its training
+    settings still apply."""
+    recorded = to_dict(init_cfg)
+    shape = [name for name in recorded if name not in INIT_MAY_CHANGE]
+    clash = [name for name in shape if name in req.settings and req.settings[name] != recorded[name]]
+    if clash:
+        given = ", ".join(f"{flag(n)} {req.settings[n]}" for n in clash)
+        has = ", ".join(f"{n} {recorded[n]}" for n in clash)
+        verb, pronoun = ("disagrees", "it") if len(clash) == 1 else ("disagree", "them")
+        raise UsageError(f"{given} {verb} with the model --init {req.init} starts from ({has}): --init takes the "
+                         f"model shape from that run, so drop {pronoun}")
+    if req.preset is None:
+        return []
+    dropped = [f"{n} {v}" for n, v in preset(req.preset)["model"].items()
+               if n in shape and n not in req.settings and v != recorded[n]]
+    if not dropped:
+        return []
+    return [f"--init {req.init} fixes the model shape, so --preset {req.preset}'s {', '.join(dropped)} is not used "
+            f"(its training settings are)"]
 
 
 def check_same_corpus(plan: Plan, docs: list[Document], val_docs: list[Document], allow: bool) -> None:

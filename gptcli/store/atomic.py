@@ -7,6 +7,7 @@ gptcli writes that a crash could interrupt: tokenizers, token caches, run folder
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -55,7 +56,11 @@ def atomic_path(target: Path | str):
         os.close(fd)
     except PermissionError:
         raise UsageError(f"cannot write to {folder}: permission denied") from None
+    except (NotADirectoryError, FileExistsError):  # a file where a folder must be: the path given is at fault
+        raise UsageError(f"cannot write to {folder}: a part of that path is a file, not a folder") from None
     except OSError as e:
+        if e.errno == errno.EROFS:
+            raise UsageError(f"cannot write to {folder}: it is on a read-only file system") from None
         raise RunError(f"cannot write to {folder}: {e.strerror or e}") from None
     tmp = Path(tmp)
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from gptcli.config import ModelConfig
 from gptcli.errors import UsageError, first_line
 from gptcli.settings import from_dict, to_dict
 from gptcli.store import atomic, folders, runlock
-from gptcli.store.readers import expect, read_json, read_jsonl, schema_of
+from gptcli.store.readers import expect, iter_jsonl, read_json, schema_of
 from gptcli.store.weights import load_weights, read_tensors, save_tensors, save_weights
 from gptcli.tokenizer import BPETokenizer
 from gptcli.workspace import TOKENIZER_FILE
@@ -256,10 +256,20 @@ def append_metrics(run: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(run: Path) -> list[dict]:
-    """Records of metrics.jsonl; only a last line cut short by a crash is dropped."""
+def iter_metrics(run: Path, fields: dict[str, dict] | None = None) -> Iterator[dict]:
+    """metrics.jsonl's records, streamed (a long run's file is large); only a last line
+    cut short by a crash is dropped. Each has a type and a step, and a record whose type
+    is in `fields` also the fields that schema names (e.g. {"eval": {"val_loss": float}})."""
     path = run / METRICS
-    records = read_jsonl(path) if path.is_file() else []
-    for n, record in enumerate(records, 1):
+    if not path.is_file():
+        return
+    for n, record in iter_jsonl(path):
         expect(record, {"type": str, "step": int}, f"{path} line {n}")
-    return records
+        if fields and record["type"] in fields:
+            expect(record, fields[record["type"]], f"{path} line {n}")
+        yield record
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """iter_metrics's records, as a list."""
+    return list(iter_metrics(run))

@@ -26,7 +26,12 @@ def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Cal
               writer: Callable[[Path], int | None] = lambda _: None, hint: str = "") -> None:
     """Refuse a bad output folder; nothing is created. `label` names it in messages (e.g.
     "--out run"), `is_kind` says whether an existing folder may be replaced, `writer`
-    gives the pid of a process writing it, and `hint` ends the not-empty message."""
+    gives the pid of a process writing it, and `hint` ends the not-empty message. A
+    symbolic link is refused whatever it names: the swap would replace the link, not the
+    folder it names, and the lock would be taken outside."""
+    if out.is_symlink():
+        raise UsageError(f"{label} is a symbolic link: name the folder itself (gptcli writes no output folder "
+                         "through a link)")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{label} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -62,22 +67,34 @@ def check_file_out(path: Path, label: str, overwrite: bool = False, reads: Itera
             raise UsageError(f"{label} {path} is a folder: name a file")
         if not stat.S_ISREG(mode):
             raise UsageError(f"{label} {path} is {_node_kind(mode)}, not a regular file: name a file to write")
-        if any(_same_file(path, r) for r in reads):
+        if any(_is_read(path, r) for r in reads):
             raise UsageError(f"{label} {path} is a file this command reads: name another file")
         if not overwrite:
             raise UsageError(f"{label} {path} exists: pass --overwrite to replace it")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
-    problem = None if parent.is_dir() else "not a folder"
-    if problem is None:
-        try:  # a real probe: permission bits say nothing for root, or on /proc
-            with tempfile.TemporaryFile(dir=parent):
-                pass
-        except OSError as e:
-            problem = e.strerror or str(e)
-    if problem is not None:
+    if (problem := _unwritable(parent)) is not None:
         raise UsageError(f"cannot write {label} {path}: {parent} is not a folder you can write to ({problem})")
+
+
+def check_writable(folder: Path, label: str, why: str) -> None:
+    """Refuse, before any work, a folder a command must write in place (a resumed run)
+    but cannot: read-only, or on a read-only file system. `why` ends the message."""
+    if (problem := _unwritable(folder)) is not None:
+        raise UsageError(f"cannot write to {label}: {problem} ({why})")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be created in `folder`, or None. A real probe: permission bits say
+    nothing for root (or a process without its override), or on /proc."""
+    if not folder.is_dir():
+        return "not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
 
 
 def _node_kind(mode: int) -> str:
@@ -88,9 +105,12 @@ def _node_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _is_read(path: Path, read: Path) -> bool:
+    """`path` is the file `read`, or one inside the folder `read` (a corpus folder)."""
     try:
-        return a.samefile(b)
+        if read.is_dir():
+            return path.resolve().is_relative_to(read.resolve())
+        return path.samefile(read)
     except OSError:
         return False
 
@@ -112,17 +132,28 @@ def staged(target: Path, old: Path | None = None) -> Iterator[Path]:
     try:
         yield stage
         aside = None
-        if target.exists():
+        if target.is_symlink():  # check_out refuses these; never leave one behind under a hidden name
+            target.unlink()
+        elif target.exists():
             aside = old or Path(tempfile.mkdtemp(prefix=f"{atomic.temp_prefix(target)}old.", dir=parent))
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove(aside)
             target.rename(aside)
         stage.rename(target)
         atomic.fsync_dir(parent)
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove(aside)
     except OSError as e:
         raise RunError(f"could not write {target}: {e.strerror or e}") from None
     except RunError as e:  # a failed write inside: name the file users know
         raise RunError(str(e).replace(str(stage), str(target))) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder moved aside; a link (rmtree refuses one, silently here) is unlinked
+    itself, and nothing it names is touched."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

@@ -13,13 +13,15 @@ import dataclasses
 import json
 import math
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptcli.errors import UsageError, first_line
+from gptcli.errors import UsageError, first_line, printable
 
 MAX_JSON_BYTES = 64 << 20  # a config or trainer state is a few KB; anything this large is not one
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
+MAX_LINE_BYTES = 1 << 20  # a metrics record is a few hundred bytes
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
@@ -37,24 +39,41 @@ def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> object:
         raise UsageError(f"{path} is not valid JSON ({first_line(e)})") from None
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """JSON objects, one per line. Only a last line cut short (a crash while appending)
-    may be dropped; any other line that is not a JSON object is an error."""
-    records = []
+def iter_jsonl(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each line, streamed: memory is one line's, however
+    long the file (a metrics.jsonl grows for as long as a run trains). Only a last line
+    cut short (a crash while appending) may be dropped; any other line that is not a JSON
+    object, or is longer than `max_line` bytes, is an error."""
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except (OSError, ValueError) as e:
+        f = open(path, "rb")
+    except OSError as e:
         raise UsageError(f"{path} is unreadable ({first_line(e)})") from None
-    complete = lines[:-1]  # the text after the last newline is either empty or cut short
-    for n, line in enumerate(complete, 1):
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            record = None
-        if not isinstance(record, dict):
-            raise UsageError(f"{path} line {n} is not a JSON object: the file was edited or damaged")
-        records.append(record)
-    return records
+    with f:
+        n = 0
+        while True:
+            try:
+                line = f.readline(max_line + 1)
+            except OSError as e:
+                raise UsageError(f"{path} is unreadable ({first_line(e)})") from None
+            if not line:
+                return
+            n += 1
+            if len(line) > max_line:
+                raise UsageError(f"{path} line {n} is longer than {max_line:,} bytes: the file was edited or damaged")
+            if not line.endswith(b"\n"):
+                return  # the text after the last newline was cut short
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                record = None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path} line {n} is not a JSON object: the file was edited or damaged")
+            yield n, record
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """iter_jsonl's objects, as a list: for files that stay small."""
+    return [record for _, record in iter_jsonl(path)]
 
 
 def dumps(value: object, indent: int | None = None) -> str:
@@ -68,11 +87,7 @@ def _strict(value: object) -> object:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return printable(value)
     if isinstance(value, dict):
         return {_strict(k): _strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,10 +28,21 @@ def _pid_in(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _open(path: Path, flags: int) -> int:
+    """The lock file opened without following a link (it would truncate and write whatever
+    the link names) or blocking (a FIFO's open waits for a writer), and refused unless it
+    is a regular file: a FIFO or device put there is not gptcli's lock."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)  # the umask decides
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path} is not a regular file: it is not gptcli's lock (remove it)")
+    return fd
+
+
 def lock_owner(run: Path) -> int | None:
     """The pid of the process holding the run's lock (0 if it wrote none yet), else None."""
     try:
-        fd = os.open(run / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = _open(run / LOCK, os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -57,8 +69,8 @@ def run_lock(run: Path, warn: Callable[[str], None]) -> Iterator[None]:
     one's pid; a lock file a killed writer left behind is taken over."""
     path = run / LOCK
     for _ in range(5):
-        try:  # never through a link: it would truncate and write whatever the link names
-            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = _open(path, os.O_CREAT | os.O_RDWR)
         except OSError as e:
             if path.is_symlink():
                 raise UsageError(f"{path} is a symbolic link: gptcli writes no run folder through a link "

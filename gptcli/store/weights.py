@@ -7,9 +7,11 @@ run folders or Hugging Face names (checkpoint.py and hf_weights.py).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,14 +31,51 @@ def weights_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED}
 
 
+@contextlib.contextmanager
+def library_path(path: Path) -> Iterator[str]:
+    """A name safetensors can open for `path`. Its Rust side takes only UTF-8 names, so a
+    folder created with other bytes was refused as "not valid UTF-8", which surfaced as
+    "an invalid safetensors file". Such a folder is opened here, by its bytes, and the
+    library given the file's name under the descriptor's /proc/self/fd link: the temp file
+    safetensors writes beside its target lands in the real folder. Where the OS has no
+    /proc/self/fd, the path is refused with one line that says why."""
+    name = os.fspath(path)
+    if _is_utf8(name):
+        yield name
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise UsageError(f"{path}: the path is not valid UTF-8, and safetensors cannot open such a path on this "
+                         "system: rename it")
+    opened, leaf = (path.parent, path.name) if _is_utf8(path.name) else (path, "")
+    try:
+        fd = os.open(opened, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UsageError(f"cannot open {opened}: {e.strerror or e}") from None
+    try:
+        yield f"/proc/self/fd/{fd}/{leaf}" if leaf else f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes, held as lone surrogates
+        return False
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' save_file, with its I/O failures (a full disk, a file-size limit) raised
     as the OSError they are: the library reports them as SafetensorError("... (os error 28)"),
-    which the callers' one error path for failed writes would otherwise miss."""
+    which the callers' one error path for failed writes would otherwise miss. The file
+    follows the umask: safetensors renames its own 0600 temp file into place."""
     try:
         # One metadata key only: safetensors writes the map in no fixed order, and the
         # same weights should give the same bytes.
-        save_file(tensors, str(path), metadata={"format": "pt"})
+        with library_path(path) as name:
+            save_file(tensors, name, metadata={"format": "pt"})
+        os.chmod(path, 0o666 & ~atomic.umask())
     except SafetensorError as e:
         code = re.search(r"os error (\d+)", str(e))
         if code is None:
@@ -72,8 +111,10 @@ def read_tensors(path: Path, expected: dict[str, tuple[int, ...]] | None = None,
     if expected is not None:
         check_header(header, expected, path, against)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with library_path(path) as name, safe_open(name, framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except UsageError:
+        raise
     except Exception as e:  # SafetensorError, OSError, a file changed under us
         raise UsageError(f"{path} is not a valid safetensors file ({first_line(e)})") from None
     for name, t in tensors.items():

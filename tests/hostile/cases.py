@@ -544,7 +544,7 @@ MISC = [
 
 def all_cases() -> list[Case]:
     return [*DATA_LOSS, *CORRUPT_STATE, *HANG_MEMORY, *_stream_cases(), *SIGNALS, *_flag_cases(), *_config_cases(),
-            *_state_cases(), *_weights_cases(), *_hf_cases(), *MISC]
+            *_state_cases(), *_weights_cases(), *_hf_cases(), *MISC, *round3.cases()]
 
 
 # The quick set: a few of each class, in every test run; CI runs all (the rest are slow).
@@ -556,3 +556,7 @@ QUICK = {"overwrite-bad-seed-keeps-old", "overwrite-users-folder-refused", "expo
          "generate-ascii-locale", "ctrl-c-in-generate", "train --seed -1", "generate --repetition-penalty 1e-308",
          "generate --prompt bad \udcff byte", "config n_layer-2.5 (info)", "trainer state step-2.5",
          "weights header-length-2^62 (info)", "hf config names HF keys", "stale-lock-with-a-live-pid-is-taken-over"}
+
+import round3  # noqa: E402  (issue 29's round; it uses the helpers above, so it comes after them)
+
+QUICK |= round3.QUICK

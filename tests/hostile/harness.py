@@ -40,6 +40,8 @@ class Case:
     timeout: float = 90.0
     max_seconds: float | None = None  # besides the timeout: how long the answer may take
     memory_mb: int = 4096
+    umask: int | None = None  # the child's umask (None: the test process's)
+    unprivileged: bool = False  # run as root without its override of file permissions (a read-only file stays so)
 
 
 @dataclass
@@ -87,7 +89,8 @@ def run_case(case: Case, ws: Path, zygote: Zygote) -> Result:
     stderr = [str(io / "stderr"), "w"] if case.stderr == "file" else None
     raw = zygote.run({"cwd": str(ws), "env": env, "args": case.args, "stdin": stdin, "stdout": stdout,
                       "stderr": stderr, "encoding": case.encoding, "memory_mb": case.memory_mb,
-                      "timeout": case.timeout, "signal": case.signal,
+                      "timeout": case.timeout, "signal": case.signal, "umask": case.umask,
+                      "unprivileged": case.unprivileged,
                       "signal_after": case.signal_after if case.signal else None})
 
     def read(name: str) -> str:

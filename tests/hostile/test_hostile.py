@@ -43,7 +43,8 @@ def test_hostile_case(case, hostile_base, zygote, tmp_path):
 def test_the_suite_covers_every_class_with_enough_cases():
     names = [c.name for c in ALL]
     assert len(names) == len(set(names)), [n for n, k in collections.Counter(names).items() if k > 1]
-    assert len(ALL) >= 150, len(ALL)
+    assert len(ALL) >= 370, len(ALL)
+    assert len(table.round3.cases()) >= 100 and all(len(g) >= 3 for g in table.round3.GROUPS.values())
     classes = collections.Counter(c.cls for c in ALL)
     assert set(classes) == {"data-loss", "corrupt-state", "hang", "memory", "streams", "bad-input"}, classes
     assert table.QUICK <= set(names)

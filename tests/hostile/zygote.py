@@ -39,6 +39,10 @@ def child(case: dict) -> None:
         new = os.open(path, flags, 0o644)
         os.dup2(new, fd)
         os.close(new)
+    if case.get("umask") is not None:
+        os.umask(case["umask"])
+    if case.get("unprivileged") and os.geteuid() == 0:
+        drop_permission_override()
     encoding = case.get("encoding", "utf-8")
     sys.stdin = open(0, encoding=encoding, closefd=False) if case["stdin"] is not None else None
     sys.stdout = open(1, "w", encoding=encoding, closefd=False) if case["stdout"] is not None else None
@@ -65,6 +69,29 @@ def child(case: dict) -> None:
         except Exception:
             pass
     os._exit(code)
+
+
+def drop_permission_override() -> None:
+    """Clear CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER: root then meets file
+    permissions as any user does (a read-only folder stays read-only), still owning
+    the files it owns. capset(2) through libc, as Python has no call for it."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    keep = ~((1 << 1) | (1 << 2) | (1 << 3)) & 0xFFFFFFFF
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for field in ("effective", "permitted", "inheritable"):
+        setattr(data[0], field, getattr(data[0], field) & keep)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def run(case: dict) -> dict:
