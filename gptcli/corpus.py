@@ -90,6 +90,8 @@ def _read(path: Path, name: str, fmt: Format, spooled: bool = False) -> tuple[Do
     check = _Check(text=not fmt.records)
     for block in blocks(path, Format(compression=fmt.compression), name):
         check.feed(block)
+        if check.error:  # binary (perhaps an archive expanding without end): no need to read on
+            break
     check.finish()
     if check.error:
         return None, check.error
