@@ -117,6 +117,18 @@ def test_interactive_flag_mistakes_exit_2(trained_run, monkeypatch, capsys, args
     assert_clean_error(code, out, err, 2, message)
 
 
+def test_save_refuses_what_it_must_not_write_and_the_session_goes_on(trained_run, monkeypatch, capsys):
+    (trained_run.parent / "taken.txt").write_text("keep me")
+    lines = b"/save taken.txt\n/save /dev/null\n/save run\n/nonsense\n/save\n/save! taken.txt\n"
+    code, out, err = cli(monkeypatch, capsys, "generate", "-c", str(trained_run), "-i", "-n", "3", "-p", "A",
+                         stdin=lines)
+    assert code == 0 and "Traceback" not in err
+    assert "taken.txt exists: /save! taken.txt replaces it" in err
+    assert "/save /dev/null is a device" in err and "/save run is a folder" in err
+    assert "unknown command /nonsense" in err and "/save needs a file name" in err
+    assert (trained_run.parent / "taken.txt").read_text() == out  # /save! replaced it with the text
+
+
 def test_piped_lines_make_the_text_on_stdout(trained_run, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "generate", "-c", str(trained_run), "-i", "-n", "5", "--greedy",
                          "-p", "ROMEO:", stdin=b"JULIET:\n/save saved.txt\n")

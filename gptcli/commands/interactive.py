@@ -157,9 +157,9 @@ def _save(session: Session, arg: str, replace: bool) -> None:
         return
     path = Path(arg)
     try:
+        folders.check_file_out(path, "/save", overwrite=True)  # a folder, device, FIFO or link: refused
         if path.exists() and not replace:
             raise UsageError(f"{path} exists: /save! {arg} replaces it")
-        folders.check_file_out(path, "/save", overwrite=True)
         atomic.write_text(path, session.text)
     except UsageError as e:
         say(f"error: {e}")
