@@ -159,8 +159,11 @@ def _spool(source: Iterator[bytes], name: str, label: str, text_field: str | Non
 def _is_gptcli_folder(folder: Path, own: set[Path]) -> bool:
     """The workspace's own tokenizer, runs or cache, or a model folder: a run folder (its
     config.json says so) or any folder of weights, such as an export-hf."""
-    if folder.resolve() in own or (folder / "model.safetensors").exists():
-        return True
+    try:
+        if folder.resolve() in own or (folder / "model.safetensors").exists():
+            return True
+    except OSError:  # unreadable: not one of ours to skip; reading it will say why
+        return False
     config = folder / "config.json"
     try:
         with open(config, "rb") as f:
@@ -171,7 +174,10 @@ def _is_gptcli_folder(folder: Path, own: set[Path]) -> bool:
 
 def _walk(folder: Path, warn: Warn) -> Iterator[Path]:
     own = {p.resolve() for p in (workspace.TOKENIZER, workspace.RUNS, workspace.cache_root())}
-    for root, dirs, files in os.walk(folder):
+    def unreadable(e: OSError) -> None:
+        warn(f"skipping {e.filename}: cannot read it ({e.strerror})")
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         kept = []
         for d in sorted(dirs):
             if d.startswith("."):
@@ -203,6 +209,8 @@ def collect_documents(paths: list[str], warn: Warn, text_field: str | None = Non
     JSON lines. The caller must `release` them (spooled streams are temp files)."""
     if not paths:
         raise UsageError("no corpus given: pass one or more files, folders, or - for stdin")
+    if paths.count("-") > 1:
+        raise UsageError("- (stdin) is given twice: stdin can be read once")
     docs: list[Document] = []
     try:
         for given in paths:
@@ -232,9 +240,14 @@ def _documents(given: str, warn: Warn, text_field: str | None) -> Iterator[Docum
     except OSError:
         raise UsageError(f"{path}: no such file or folder") from None
     if stat.S_ISDIR(mode):
+        if _is_gptcli_folder(path, set()):
+            raise UsageError(f"{path} is a run or model folder (gptcli's output), not text")
         found = 0
         for f in _walk(path, warn):
-            doc, problem = _file(f, text_field)
+            try:
+                doc, problem = _file(f, text_field)
+            except PermissionError as e:
+                doc, problem = None, f"cannot read it ({e.strerror})"
             if problem:
                 warn(f"skipping {f}: {problem}")
                 continue
@@ -243,7 +256,10 @@ def _documents(given: str, warn: Warn, text_field: str | None) -> Iterator[Docum
         if not found:
             raise UsageError(f"{path} holds no UTF-8 text, JSON lines or Parquet files")
     elif stat.S_ISREG(mode):
-        doc, problem = _file(path, text_field)
+        try:
+            doc, problem = _file(path, text_field)
+        except PermissionError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
         if problem and problem.startswith("binary"):
             raise UsageError(f"{path} is a binary file, not UTF-8 text (nor JSON lines, Parquet or a gzip, zstd "
                              "or xz archive of them)")

@@ -249,6 +249,8 @@ def _jsonl(path: Path, fmt: Format, name: str) -> Iterator[str]:
                 raise UsageError(f"{where} is not UTF-8 (invalid byte at column {e.start + 1})") from None
             except ValueError as e:
                 raise UsageError(f"{where} is not valid JSON ({e})") from None
+            except RecursionError:
+                raise UsageError(f"{where} nests too deeply to read") from None
             yield _record_text(value, fmt.field, where)
 
 

@@ -133,12 +133,12 @@ def check(cfg: Any) -> None:
         check_value(name, getattr(cfg, name), kind, spec)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([hms]?)")  # ASCII digits only: float() reads others too
 
 
 def parse_duration(text: str) -> float:
     """'90' or '90s' -> 90.0, '10m' -> 600.0, '1h30m' -> 5400.0 (seconds)."""
-    s = text.strip().lower()
+    s = text
     pos, total, last = 0, 0.0, -1
     units = ("h", "m", "s")  # each at most once, in this order: 1h1h or 30m1h is a typo, not a sum
     scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}

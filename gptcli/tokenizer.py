@@ -119,11 +119,16 @@ class BPETokenizer:
 
     def encode_tail(self, text: str, n: int) -> list[int]:
         """The last n ids of encode(text), in memory bounded by n rather than by the text:
-        only a tail long enough to hold n tokens, cut where safe_split allows, is encoded."""
+        only a tail long enough to hold n tokens, cut where safe_split allows, is encoded.
+        A tail with no such point is one giant "word" (a line of 100 MB without a space),
+        cut anyway, as safe_split cuts one: memory stays bounded, and ids differ only at
+        the cut."""
         longest = max(len(b) for b in self.token_bytes) or 1
         span = n * longest + 1
         while span < len(text):
             start = safe_split(text, len(text) - span, len(text))
+            if start == len(text):
+                start = len(text) - span
             ids = self.encode(text[start:])
             if len(ids) > n:  # the tail began before the n-th last token: those n are exact
                 return ids[-n:]

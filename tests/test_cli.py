@@ -143,6 +143,12 @@ BAD_TRAIN = [
     (["corpus.txt", "--max-time", "soon"], "duration"),
     (["corpus.txt", "--max-time", "1h1h"], "cannot read duration '1h1h'"),  # a typo, not two hours
     (["corpus.txt", "--max-time", "30m1h"], "cannot read duration"),
+    (["corpus.txt", "--max-time", "\u0663s"], "cannot read duration"),  # an Arabic-Indic 3, which float() reads
+    (["corpus.txt", "--max-time", " 5s"], "cannot read duration"),
+    (["corpus.txt", "--max-time", "1H"], "cannot read duration"),
+    (["corpus.txt", "--val", "corpus.txt", "--val-fraction", "0.3"], "--val-fraction splits the corpus"),
+    (["-", "-"], "- (stdin) is given twice"),
+    (["run"], "is a run or model folder (gptcli's output), not text"),
     (["corpus.txt", "--preset", "huge"], "unknown preset"),
     (["corpus.txt", "--dropout", "1.5"], "--dropout"),
     (["corpus.txt", "--val-fraction", "1"], "--val-fraction"),
@@ -170,6 +176,8 @@ def test_bad_train_input_is_one_clear_line(monkeypatch, capsys, small_corpus, ar
     (ws / "tiny.txt").write_text("just a few words")
     (ws / "full").mkdir()
     (ws / "full" / "keep.txt").write_text("precious")
+    (ws / "run").mkdir()
+    (ws / "run" / "model.safetensors").write_bytes(b"")
     before = sorted(p.name for p in ws.iterdir())
     code, out, err = cli(monkeypatch, capsys, "train", *TINY_FLAGS[:-2], *args)
     assert_clean_error(code, out, err, match=message)
@@ -178,10 +186,21 @@ def test_bad_train_input_is_one_clear_line(monkeypatch, capsys, small_corpus, ar
     assert (ws / "full" / "keep.txt").read_text() == "precious"
 
 
+def test_overwrite_refuses_a_run_that_holds_the_corpus(trained_run, monkeypatch, capsys, small_corpus):
+    inside = trained_run / "my_corpus.txt"
+    inside.write_text(small_corpus.read_text())
+    before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    code, out, err = cli(monkeypatch, capsys, "train", str(inside), *TINY_FLAGS, "--out", str(trained_run),
+                         "--overwrite")
+    assert_clean_error(code, out, err, match=f"is inside {trained_run}, which --overwrite would replace")
+    assert {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()} == before
+
+
 BAD_TOKENIZER = [
     (["tokenizer", "encode", "--tokenizer", "nowhere"], None, "no tokenizer"),
     (["tokenizer", "decode"], b"1 2 x", "integer token ids"),
     (["tokenizer", "decode"], b"999999", "outside the vocabulary"),
+    (["tokenizer", "decode"], b"[" * 100000, "integer token ids"),  # nested without end: no RecursionError
     (["tokenizer", "encode"], b"\xff\xfe bad", "not UTF-8"),
     (["tokenizer", "train", "missing.txt", "--out", "t2"], None, "no such file"),
     (["tokenizer", "train", "corpus.txt", "--vocab-size", "10", "--out", "t2"], None, "at least 257"),

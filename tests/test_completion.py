@@ -97,3 +97,10 @@ def test_help_stays_free_of_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_run_names_with_a_newline_are_not_offered(shell):
+    root, _ = shell
+    (root / "checkpoints" / "two\nlines").mkdir()
+    (root / "checkpoints" / "two\nlines" / "config.json").write_text("{}")
+    assert _complete(shell, "generate", "-c", "") == ["checkpoints/shakespeare-1", "checkpoints/shakespeare-2"]

@@ -121,6 +121,7 @@ def test_a_long_record_is_cut_where_its_tokens_do_not_change(tmp_path, mixed_tok
     ("d.jsonl", b'{"text": "caf\xe9"}\n', "d.jsonl line 1 is not UTF-8"),
     ("d.jsonl", b'{"text": "a\\ud800b"}\n', "d.jsonl line 1: the text holds a lone surrogate (U+D800)"),
     ("d.json", b'[{"text": "a"}, {"text": "b"}]\n', "d.json is a JSON array, not JSON lines"),
+    ("d.jsonl", b'{"text": "a", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}\n", "d.jsonl line 1 nests too deeply"),
     ("d.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 1000)[:-30], "d.jsonl.gz is not a readable gzip file"),
     ("d.jsonl.gz", b"\x1f\x8bnot really gzip", "d.jsonl.gz is not a readable gzip file"),
     ("d.jsonl.xz", lzma.compress(b'{"text": "a"}\n' * 1000)[:-30], "d.jsonl.xz is not a readable xz file"),

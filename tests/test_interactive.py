@@ -212,3 +212,18 @@ def test_a_recurrent_session_carries_its_state_across_turns(small_corpus, monkey
     with torch.no_grad():  # the state carried over equals running the whole context again
         expected = _recomputed(engine.model, before, 5, 10**9)
     assert s.context[len(before):] == expected
+
+
+def test_save_never_writes_over_the_model_being_run(trained_run, monkeypatch, capsys):
+    before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    lines = f"/save! {trained_run}/model.safetensors\n/save! {trained_run}/config.json\n".encode()
+    code, out, err = cli(monkeypatch, capsys, "generate", "-c", str(trained_run), "-i", "-n", "2", stdin=lines)
+    assert code == 0 and err.count("is a file this command reads") == 2
+    assert {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()} == before
+
+
+def test_a_pasted_line_longer_than_the_context_is_encoded_by_its_tail(trained_run):
+    engine = gptcli.load(trained_run)
+    s = engine.session(greedy=True, max_new_tokens=1)
+    s.add("a" * 2_000_000)  # one giant word: encoding it whole takes gigabytes
+    assert len(s.context) == engine.config.block_size and len(s.text) == 2_000_000

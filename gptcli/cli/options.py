@@ -35,7 +35,7 @@ def complete_run(incomplete: str) -> list[str]:
     """Run folders under ./checkpoints (those with a config.json), by name."""
     runs = Path("checkpoints")
     try:
-        found = sorted(str(p) for p in runs.iterdir() if (p / "config.json").is_file())
+        found = sorted(str(p) for p in runs.iterdir() if "\n" not in p.name and (p / "config.json").is_file())
     except OSError:
         return []
     return [r for r in found if r.startswith(incomplete)]

@@ -82,6 +82,8 @@ def read_prompts(source: str) -> list[str]:
                 record = json.loads(line)
             except ValueError as e:
                 raise UsageError(f"--prompts {source} line {n}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise UsageError(f"--prompts {source} line {n}: nested too deeply to read") from None
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
                 raise UsageError(f"--prompts {source} line {n}: needs a string \"prompt\" field")
             prompts.append(record["prompt"])

@@ -157,7 +157,8 @@ def _save(session: Session, arg: str, replace: bool) -> None:
         return
     path = Path(arg)
     try:
-        folders.check_file_out(path, "/save", overwrite=True)  # a folder, device, FIFO or link: refused
+        # a folder, device, FIFO or link, or a file of the model being run: refused
+        folders.check_file_out(path, "/save", overwrite=True, reads=[session.engine.run_dir])
         if path.exists() and not replace:
             raise UsageError(f"{path} exists: /save! {arg} replaces it")
         atomic.write_text(path, session.text)

@@ -113,7 +113,7 @@ def decode(req: DecodeRequest) -> Text:
     raw = req.read().strip()
     try:
         ids = json.loads(raw) if raw.startswith("[") else [int(t) for t in raw.split()]
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: brackets nested without end
         raise UsageError("stdin must hold integer token ids, space-separated or as a JSON list") from None
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise UsageError("stdin must hold integer token ids")

@@ -149,9 +149,14 @@ def plan_new(req: TrainRequest) -> Plan:
     if not req.paths:
         raise UsageError("no corpus given: pass one or more files, folders, or - for stdin")
     model_cfg.validate()  # the vocabulary given, or the default: the tokenizer's replaces it later
+    if req.val and "val_fraction" in req.settings:
+        raise UsageError("--val-fraction splits the corpus when there is no --val: with --val, drop it")
     run = req.out or workspace.default_run_folder(req.paths)
     folders.check_out(run, req.overwrite, label=f"--out {run}", kind="a gptcli run folder", is_kind=ckpt.is_run,
                       writer=lock_owner, hint=f", or --resume {run} to continue it")
+    inside = [p for p in [*req.paths, *req.val] if p != "-" and folders.is_within(Path(p), run)]
+    if inside and run.exists():
+        raise UsageError(f"{inside[0]} is inside {run}, which --overwrite would replace: move it out first")
     tok, weights, warnings = None, None, []
     if req.init is not None:
         init_model, tok, _ = ckpt.load_run(req.init)

@@ -60,7 +60,8 @@ class Session:
     def add(self, text: str) -> None:
         """Append text to the running text; the model reads it now, so the next reply
         starts at once."""
-        ids = self.tokenizer.encode(check_text(text, "the text"))
+        # only the tail the context can hold is encoded: a pasted book costs no more memory
+        ids = self.tokenizer.encode_tail(check_text(text, "the text"), self.engine.config.block_size)
         self.text += text
         self._advance(ids)
 

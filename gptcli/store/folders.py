@@ -50,6 +50,14 @@ def check_out(out: Path, overwrite: bool, *, label: str, kind: str, is_kind: Cal
         raise UsageError(f"cannot write to {label}: permission denied on {parent}")
 
 
+def is_within(path: Path, folder: Path) -> bool:
+    """Whether path is folder itself or lies inside it (links resolved)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
 def check_file_out(path: Path, label: str, overwrite: bool = False, reads: Iterable[Path] = ()) -> None:
     """Refuse, before any work, a file gptcli must not write: an existing one without
     --overwrite; anything but a regular file (a folder, a device, a FIFO, a socket, a
