@@ -104,3 +104,31 @@ def test_run_names_with_a_newline_are_not_offered(shell):
     (root / "checkpoints" / "two\nlines").mkdir()
     (root / "checkpoints" / "two\nlines" / "config.json").write_text("{}")
     assert _complete(shell, "generate", "-c", "") == ["checkpoints/shakespeare-1", "checkpoints/shakespeare-2"]
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda h: ((h / ".bash_completions").mkdir(), (h / ".bash_completions" / "gptcli.sh").symlink_to(h / "victim")),
+     "is a symbolic link"),
+    (lambda h: os.mkfifo(h / ".bashrc"), ".bashrc is not a regular file"),
+    (lambda h: (h / ".bash_completions").write_text("a file in the way"), "gptcli.sh: Not a directory"),
+])
+def test_install_refuses_links_fifos_and_files_in_the_way(shell, setup, message):
+    root, env = shell
+    (root / "victim").write_text("precious")
+    setup(root)
+    r = subprocess.run(["bash", "-c", "gptcli --install-completion"], env=env, cwd=root, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert (root / "victim").read_text() == "precious"
+
+
+def test_install_twice_adds_its_line_once(shell):
+    root, env = shell
+    (root / ".bashrc").write_text("alias ll='ls -l'")  # no newline at the end
+    for _ in range(2):
+        r = subprocess.run(["bash", "-c", "gptcli --install-completion"], env=env, cwd=root, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    lines = (root / ".bashrc").read_text().splitlines()
+    assert lines[0] == "alias ll='ls -l'" and sum(line.startswith("source ") for line in lines) == 1

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli import threads, workspace
-from gptcli.cli import entry
+from gptcli.cli import completion, entry
 from gptcli.cli.entry import stdout_wanted, writing_stdout
 from gptcli.cli.options import (
     CORPUS_HELP,
@@ -45,9 +45,10 @@ from gptcli.errors import ReportedElsewhere
 from gptcli.store.readers import dumps
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
-                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 tokenizer_app = typer.Typer(help="Train, and use, a byte-level BPE tokenizer.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+completion.register()
 
 
 def _version(value: bool) -> None:
@@ -63,6 +64,14 @@ def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    install_completion: Annotated[bool, typer.Option("--install-completion", callback=completion.install_option,
+                                                     is_eager=True,
+                                                     help="Install tab completion for this shell (bash, zsh or fish).")
+                                  ] = False,
+    show_completion: Annotated[bool, typer.Option("--show-completion", callback=completion.show_option,
+                                                  is_eager=True,
+                                                  help="Print this shell's completion script, to install it by hand.")
+                               ] = False,
 ) -> None:
     entry.state["debug"] = debug
 

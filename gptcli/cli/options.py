@@ -17,28 +17,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from gptcli.cli.completion import complete_from, complete_run
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.errors import Setting, SettingError, UsageError
 from gptcli.settings import Spec, allowed, base_type, specs
 
 PRESET_SECTION = {ModelConfig: "model", TrainConfig: "train"}
-
-
-# Shell completion (`gptcli --install-completion`): values offered after a flag. What
-# they return is all the shell gets; none, and bash completes file names.
-def complete_from(values) -> typing.Callable[[str], list[str]]:
-    """Complete from a fixed set of values, such as a setting's choices."""
-    return lambda incomplete: [v for v in values if v.startswith(incomplete)]
-
-
-def complete_run(incomplete: str) -> list[str]:
-    """Run folders under ./checkpoints (those with a config.json), by name."""
-    runs = Path("checkpoints")
-    try:
-        found = sorted(str(p) for p in runs.iterdir() if "\n" not in p.name and (p / "config.json").is_file())
-    except OSError:
-        return []
-    return [r for r in found if r.startswith(incomplete)]
 
 
 # Options several commands share, defined once.
