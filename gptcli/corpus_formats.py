@@ -27,6 +27,7 @@ READ_BYTES = 1 << 20  # raw bytes read per step
 CHUNK_CHARS = 64 << 10  # target size of one piece of text given to the encoder
 MAX_LINE_BYTES = 64 << 20  # the longest JSON line read: one record must fit in memory
 PARQUET_BATCH_ROWS = 1024  # rows converted to Python strings at once
+ZSTD_FEED = 512  # compressed bytes decompressed at once (see _Zstd)
 DEFAULT_FIELD = "text"
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".xz": "xz"}
@@ -91,37 +92,46 @@ def opened(path: Path, compression: str | None, name: str) -> Iterator[BinaryIO]
             except ImportError:
                 raise UsageError(f"{name} is zstd-compressed, and reading zstd needs the zstandard package: "
                                  f"{EXTRA_HINT}") from None
-            stream = io.BufferedReader(_Zstd(raw, zstandard))
+            stream = io.BufferedReader(_Zstd(raw, zstandard), buffer_size=READ_BYTES)
         with stream:
             yield stream
 
 
 class _Zstd(io.RawIOBase):
-    """zstd frames decompressed as read. zstandard's own stream reader ends a truncated
-    frame silently; this one raises EOFError, as gzip and lzma do."""
+    """zstd frames decompressed as read, in memory bounded by the output of ZSTD_FEED
+    input bytes (zstd's densest block, run-length, turns 4 bytes into 128 KB: 512 bytes
+    give at most 16 MB). zstandard's own stream reader ends a truncated frame silently;
+    this one raises EOFError, as gzip and lzma do."""
 
     def __init__(self, raw: BinaryIO, zstandard):
         self.raw, self.zstandard = raw, zstandard
-        self.frame, self.pending, self.started = zstandard.ZstdDecompressor().decompressobj(), b"", False
+        self.frame, self.started = zstandard.ZstdDecompressor().decompressobj(), False
+        self.unfed, self.fed = b"", 0  # input read but not yet decompressed, from offset fed
+        self.out, self.taken = b"", 0  # output not yet handed out, from offset taken
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while not self.pending:
-            data = self.raw.read(READ_BYTES)
-            if not data:
-                if self.started and not self.frame.eof:
-                    raise EOFError("the zstd stream ended inside a frame: the file is truncated")
-                return 0
+        while self.taken == len(self.out):
+            if self.fed == len(self.unfed):
+                self.unfed, self.fed = self.raw.read(READ_BYTES), 0
+                if not self.unfed:
+                    if self.started and not self.frame.eof:
+                        raise EOFError("the zstd stream ended inside a frame: the file is truncated")
+                    return 0
+            data = self.unfed[self.fed:self.fed + ZSTD_FEED]
+            self.fed += len(data)
+            self.out, self.taken = b"", 0
             while data:
                 if self.frame.eof:  # the next frame starts here
                     self.frame = self.zstandard.ZstdDecompressor().decompressobj()
                 self.started = True
-                self.pending += self.frame.decompress(data)
+                self.out += self.frame.decompress(data)
                 data = self.frame.unused_data if self.frame.eof else b""
-        n = min(len(buffer), len(self.pending))
-        buffer[:n], self.pending = self.pending[:n], self.pending[n:]
+        n = min(len(buffer), len(self.out) - self.taken)
+        buffer[:n] = self.out[self.taken:self.taken + n]
+        self.taken += n
         return n
 
 
