@@ -27,10 +27,11 @@ def import_llama_cpp():
 class Peer:
     """One GGUF model in llama.cpp, with logits kept for every position it evaluates."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int = 2):
+    def __init__(self, path: Path, n_ctx: int, threads: int = 2, logits_all: bool = True):
+        """logits_all=False keeps only the last position's logits: what timing wants."""
         llama_cpp = import_llama_cpp()
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                                   logits_all=True, verbose=False, n_threads=threads, n_threads_batch=threads)
+                                   logits_all=logits_all, verbose=False, n_threads=threads, n_threads_batch=threads)
         self.eos = self.llm.token_eos()
 
     def tokenize(self, text: str) -> list[int]:
@@ -43,15 +44,16 @@ class Peer:
         self.llm.eval(ids)
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
-    def greedy(self, ids: list[int], n: int) -> list[int]:
-        """Up to n argmax tokens after ids, stopping after <|endoftext|> as gptcli does."""
+    def greedy(self, ids: list[int], n: int, stop_at_eos: bool = True) -> list[int]:
+        """Up to n argmax tokens after ids, stopping after <|endoftext|> as gptcli does
+        (unless stop_at_eos is False: timing makes exactly n)."""
         self.llm.reset()
         self.llm.eval(ids)
         out: list[int] = []
         while len(out) < n:
             t = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
             out.append(t)
-            if t == self.eos:
+            if t == self.eos and stop_at_eos:
                 break
             self.llm.eval([t])
         return out
