@@ -64,7 +64,8 @@ def gptcli_engine(run: Path, dtype: str, threads: int):
             return gen.model(torch.tensor([ids]))[0][0].float().numpy()
 
     def prefill(ids):
-        return gen.decoder().prefill([ids])
+        with torch.inference_mode():
+            return gen.decoder().prefill([ids])
 
     return greedy, logits, prefill
 

@@ -33,6 +33,14 @@ class Peer:
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                    logits_all=logits_all, verbose=False, n_threads=threads, n_threads_batch=threads)
         self.eos = self.llm.token_eos()
+        self.logits_all = logits_all
+
+    def last_logits(self) -> np.ndarray:
+        """The logits after the last token evaluated. Without logits_all, llama-cpp-python
+        0.3.36 fills no `scores`, so they are read from the context: its one output row."""
+        if self.logits_all:
+            return self.llm.scores[self.llm.n_tokens - 1]
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
 
     def tokenize(self, text: str) -> list[int]:
         # special=True: <|endoftext|> in the text is that token, as tokenizers' encode makes it
@@ -51,7 +59,7 @@ class Peer:
         self.llm.eval(ids)
         out: list[int] = []
         while len(out) < n:
-            t = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            t = int(np.argmax(self.last_logits()))
             out.append(t)
             if t == self.eos and stop_at_eos:
                 break

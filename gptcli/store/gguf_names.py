@@ -57,9 +57,9 @@ def refusal(cfg: ModelConfig, run: object) -> str | None:
 def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, np.ndarray]:
     """The float32 tensors of the GGUF file, by llama.cpp name, in gptcli's (out, in)
     layout, which is llama.cpp's too. The output projection is tied to token_embd and
-    left out: llama.cpp's gpt2 reads token_embd when output.weight is absent (measured:
-    tests/test_gguf.py). A --no-bias run gets zero biases, which compute the same, since
-    llama.cpp's gpt2 requires every bias."""
+    left out: llama.cpp's gpt2 loader marks output.weight optional and reads token_embd
+    in its place (tests/test_gguf.py decodes such files in llama.cpp). A --no-bias run
+    gets zero biases, which compute the same: that loader requires every bias."""
     out = {gguf_name(name): t.float().numpy() for name, t in state.items() if name != "lm_head.weight"}
     if not cfg.bias:
         zeros = {"attn_norm": cfg.n_embd, "attn_qkv": 3 * cfg.n_embd, "attn_output": cfg.n_embd,
