@@ -4,18 +4,19 @@ stdout carries only the product (ids, text, JSON); everything else goes to stder
 errors become one line and an exit code is entry.py's. The settings' options come from
 their definitions in config.py (options.py); the rest are defined here, once. Heavy
 modules (torch, tokenizers) are imported inside command bodies so `gptcli --help` stays
-fast.
+fast. The tokenizer sub-app is tokenizer_app.py's.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from gptcli import threads, workspace
+from gptcli import threads
 from gptcli.cli import completion, entry
 from gptcli.cli.entry import stdout_wanted, writing_stdout
 from gptcli.cli.options import (
@@ -26,10 +27,10 @@ from gptcli.cli.options import (
     Prompt,
     TextField,
     Threads,
-    TokenizerPath,
     complete_from,
     settings_options,
 )
+from gptcli.cli.tokenizer_app import tokenizer_app
 from gptcli.config import (
     ARCHS,
     DEFAULT_PRESET,
@@ -46,7 +47,6 @@ from gptcli.store.readers import dumps
 
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-tokenizer_app = typer.Typer(help="Train, and use, a byte-level BPE tokenizer.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 completion.register()
 
@@ -295,7 +295,7 @@ def attention(
     _print(result, json_out)
 
 
-# -- Hugging Face interop ----------------------------------------------------------
+# -- Hugging Face and llama.cpp interop --------------------------------------------
 
 
 @app.command("import-hf")
@@ -307,7 +307,9 @@ def import_hf(
     json_out: Json = False,
 ) -> None:
     """Import a local Hugging Face GPT-2 checkpoint as a gptcli run folder (never unpickles)."""
-    _convert("import_hf", src, out, overwrite, json_out)
+    from gptcli.commands import hf
+
+    _convert(lambda: hf.import_hf(hf.HFRequest(src, out, overwrite)), json_out)
 
 
 @app.command("export-hf")
@@ -318,16 +320,32 @@ def export_hf(
     json_out: Json = False,
 ) -> None:
     """Export a run folder as a Hugging Face GPT-2 folder (config, safetensors, tokenizer)."""
-    _convert("export_hf", run, out, overwrite, json_out)
-
-
-def _convert(name: str, src: Path, out: Path, overwrite: bool, json_out: bool) -> None:
-    """import-hf and export-hf: commands.hf's `name`, reported on stderr (and as JSON)."""
     from gptcli.commands import hf
 
+    _convert(lambda: hf.export_hf(hf.HFRequest(run, out, overwrite)), json_out)
+
+
+@app.command("export-gguf")
+def export_gguf(
+    run: Annotated[Path, typer.Argument(help="A gptcli run folder (a GPT with learned positions).")],
+    out: Annotated[Path, typer.Argument(help="The .gguf file to write, for llama.cpp and ollama.")],
+    dtype: Annotated[str, typer.Option(help="The matrices' type: float32, float16 or q8_0 (8-bit blocks).",
+                                       autocompletion=complete_from(("float32", "float16", "q8_0")))] = "float32",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
+    json_out: Json = False,
+) -> None:
+    """Export a run folder as a GGUF file for llama.cpp (architecture gpt2; needs the gguf package)."""
+    from gptcli.commands import export_gguf as command
+
+    _convert(lambda: command.run(command.ExportGGUFRequest(run, out, dtype, overwrite)), json_out)
+
+
+def _convert(make: Callable[[], object], json_out: bool) -> None:
+    """import-hf, export-hf and export-gguf: the result `make` returns, reported on stderr
+    (and as JSON on stdout)."""
     if json_out:
         stdout_wanted()
-    result = getattr(hf, name)(hf.HFRequest(src, out, overwrite))
+    result = make()
     _console().info(result.to_text())
     if json_out:
         _print(result, as_json=True)
@@ -343,57 +361,6 @@ def info(run: Annotated[Path, typer.Argument(help="A run folder.")], json_out: J
 
     stdout_wanted()
     _print(command.run(command.InfoRequest(run)), json_out, indent=2)
-
-
-# -- tokenizer ---------------------------------------------------------------------
-
-
-@tokenizer_app.command("train")
-@settings_options(ModelConfig, only=("vocab_size",))
-def tokenizer_train(
-    paths: Annotated[list[str], typer.Argument(help=CORPUS_HELP)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write tokenizer.json into.")
-                   ] = workspace.TOKENIZER,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing tokenizer.json.")] = False,
-    text_field: TextField = None,
-    threads_n: Threads = None,
-    settings: dict | None = None,
-) -> None:
-    """Train a byte-level BPE tokenizer on text."""
-    threads.tokenizer_threads(threads_n)
-    from gptcli.commands import tokenizer as command
-
-    console = _console()
-    vocab_size = ModelConfig(**settings).validate().vocab_size  # the default, or the checked value given
-    req = command.TrainTokenizerRequest(paths, vocab_size, out, overwrite, text_field)
-    console.info(command.train(req, console).to_text())
-
-
-@tokenizer_app.command("encode")
-def tokenizer_encode(
-    tokenizer: TokenizerPath = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of space-separated ids.")] = False,
-) -> None:
-    """Text on stdin -> token ids on stdout."""
-    from gptcli.commands import tokenizer as command
-    from gptcli.commands.inputs import stdin_stream
-
-    stdout_wanted()
-    with writing_stdout():
-        command.encode(command.EncodeRequest(tokenizer, stdin_stream, json_out), sys.stdout)
-
-
-@tokenizer_app.command("decode")
-def tokenizer_decode(tokenizer: TokenizerPath = None) -> None:
-    """Token ids on stdin (space-separated or a JSON list) -> text on stdout."""
-    from gptcli.commands import tokenizer as command
-    from gptcli.commands.inputs import read_stdin_text
-
-    stdout_wanted()
-    text = command.decode(command.DecodeRequest(tokenizer, read_stdin_text)).to_text()
-    with writing_stdout():
-        sys.stdout.write(text)
-        sys.stdout.flush()
 
 
 def main() -> None:
