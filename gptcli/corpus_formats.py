@@ -147,18 +147,20 @@ def _corrupt(e: BaseException) -> bool:
     return isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError))
 
 
+def _read(read, size: int, fmt: Format, where: str) -> bytes:
+    """stream.read or readline: a damaged archive raises a UsageError saying where."""
+    try:
+        return read(size)
+    except Exception as e:
+        if _corrupt(e):
+            raise UsageError(f"{where} is not a readable {fmt.compression} file ({e})") from None
+        raise
+
+
 def blocks(path: Path, fmt: Format, name: str) -> Iterator[bytes]:
     """The decompressed bytes in blocks of about READ_BYTES."""
     with opened(path, fmt.compression, name) as stream:
-        while True:
-            try:
-                block = stream.read(READ_BYTES)
-            except Exception as e:
-                if _corrupt(e):
-                    raise UsageError(f"{name} is not a readable {fmt.compression} file ({e})") from None
-                raise
-            if not block:
-                return
+        while block := _read(stream.read, READ_BYTES, fmt, name):
             yield block
 
 
@@ -238,12 +240,7 @@ def _jsonl(path: Path, fmt: Format, name: str) -> Iterator[str]:
         while True:
             number += 1
             where = f"{name} line {number}"
-            try:
-                line = stream.readline(MAX_LINE_BYTES + 1)
-            except Exception as e:
-                if _corrupt(e):
-                    raise UsageError(f"{where}: not a readable {fmt.compression} file ({e})") from None
-                raise
+            line = _read(stream.readline, MAX_LINE_BYTES + 1, fmt, f"{name} at line {number}")
             if not line:
                 return
             if len(line) > MAX_LINE_BYTES:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gptcli import __version__
+from gptcli.commands.hf import HFResult  # the exports report alike
 from gptcli.errors import UsageError
 from gptcli.store import atomic, folders, gguf_names, weights
 from gptcli.store import checkpoint as ckpt
@@ -27,18 +28,6 @@ class ExportGGUFRequest:
     out: Path
     dtype: str = "float32"  # of the matrices; norms and biases stay float32, as llama.cpp's converter keeps them
     overwrite: bool = False
-
-
-@dataclass
-class ExportGGUFResult:
-    summary: dict  # what --json prints
-    note: str  # what stderr says
-
-    def to_json(self) -> dict:
-        return self.summary
-
-    def to_text(self) -> str:
-        return self.note
 
 
 def _gguf():
@@ -62,7 +51,7 @@ def _stored(gguf, name: str, array: np.ndarray, dtype: str) -> tuple[np.ndarray,
     return array.astype(np.float16), Q.F16
 
 
-def run(req: ExportGGUFRequest) -> ExportGGUFResult:
+def run(req: ExportGGUFRequest) -> HFResult:
     if req.dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {req.dtype!r}")
     run_dir, out = req.run, req.out
@@ -104,7 +93,7 @@ def run(req: ExportGGUFRequest) -> ExportGGUFResult:
         w.write_tensors_to_file()
         w.close()
     size = out.stat().st_size
-    return ExportGGUFResult({"out": str(out), "dtype": req.dtype, "params": model.num_params(), "bytes": size,
+    return HFResult({"out": str(out), "dtype": req.dtype, "params": model.num_params(), "bytes": size,
                              "tensors": len(tensors), "vocab_size": tok.vocab_size},
                             f"exported {run_dir} -> {out} ({req.dtype}, {size / 2**20:.1f} MiB): run it with "
                             f"llama.cpp, e.g. llama-cli -m {out}")
