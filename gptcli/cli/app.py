@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli import threads
-from gptcli.cli import completion, entry
+from gptcli.cli import completion, entry, serve_app
 from gptcli.cli.entry import stdout_wanted, writing_stdout
 from gptcli.cli.options import (
     CORPUS_HELP,
@@ -48,6 +48,7 @@ from gptcli.store.readers import dumps
 app = typer.Typer(name="gptcli", help="Train a small GPT on your own text and generate from it.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 app.add_typer(tokenizer_app, name="tokenizer")
+app.command("serve")(serve_app.serve)
 completion.register()
 
 

@@ -42,6 +42,10 @@ class FastDecoder:
         self._step_layers: tuple[list, object] | None = None  # the prepared layers for the batch being stepped
         self.cache: KVCache | None = None
         self.next_pos: torch.Tensor | None = None  # (B,) each row's next position
+        # the row count several-row steps take their packed matrices for (None: the batch's
+        # own); continuous batching, whose row count changes every few steps, keeps one
+        self.pack_rows: int | None = None
+        self.context_limit = self.cfg.block_size  # positions a row may hold
 
     def _check(self) -> None:
         if self.model.training:
@@ -80,7 +84,8 @@ class FastDecoder:
         """tokens (B,), one per row after the prefilled ones -> logits (B, V)."""
         self._check()
         if self._step_layers is None:
-            self._step_layers = self.prepared.layers(tokens.numel())
+            rows = tokens.numel()
+            self._step_layers = self.prepared.layers(rows if rows == 1 or self.pack_rows is None else self.pack_rows)
         layers, head = self._step_layers
         x = self.model.hidden(tokens[:, None], layers, self.cache, self.next_pos[:, None], last_only=True)
         self.next_pos = self.next_pos + 1
@@ -111,6 +116,19 @@ class FastDecoder:
         self.cache.reorder(rows)
         self.next_pos = self.next_pos.index_select(0, rows)
 
+    def keep(self, rows: list[int]) -> None:
+        """Keep only batch rows `rows` (continuous batching: the others finished)."""
+        self.cache.keep(rows)
+        self.next_pos = self.next_pos[rows]
+        self._step_layers = None  # a new row count: its own Matmuls
+
+    def join(self, other: FastDecoder) -> None:
+        """Take on other's rows (prefilled on their own) below this batch's: each goes
+        on from where its own prefill left it, at its own positions."""
+        self.cache.join(other.cache)
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self._step_layers = None
+
     def warm_up(self, rows: int) -> None:
         """Prepare the matrices for `rows` rows at a time now (packing, float16 or int8
         copies: 5 to 30 ms for the tiny model), and run a 2-token prompt and one step
@@ -133,6 +151,7 @@ class RecurrentDecoder:
 
     full = False  # never: a recurrent model has no context limit
     room = 1 << 62
+    context_limit = None
 
     def __init__(self, model: RecurrentLM, prepared: None = None):
         if model.training:
@@ -162,3 +181,14 @@ class RecurrentDecoder:
     def reorder(self, rows: torch.Tensor) -> None:
         self.state = tuple(s.index_select(1, rows) for s in self.state) if isinstance(self.state, tuple) \
             else self.state.index_select(1, rows)
+
+    def keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.reorder(index)
+
+    def join(self, other: RecurrentDecoder) -> None:
+        """Take on other's rows: a state is (layers, B, hidden), so rows are stacked."""
+        if isinstance(self.state, tuple):
+            self.state = tuple(torch.cat([a, b], dim=1) for a, b in zip(self.state, other.state))
+        else:
+            self.state = torch.cat([self.state, other.state], dim=1)

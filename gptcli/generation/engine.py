@@ -66,6 +66,7 @@ class Generator:
         self.model, self.tokenizer, self.run_config = ckpt.load_run(self.run_dir, self.device)
         self.dtype = dtype
         self.prepared = self.architecture.prepare(self.model, dtype)
+        self.context_limit = self.decoder().context_limit  # positions a row may hold (None: no limit)
         self._warm: set[int] = set()
         self._lock = threading.Lock()
 
@@ -129,17 +130,18 @@ class Generator:
         beam = sample.strategy == "beam"
         self.ready(sample, sample.num_beams if beam else min(batch_size, len(prompts) * sample.num_samples))
         if beam:
-            return self._beam_outputs(prompts, encoded, sample)
+            return self.beam_outputs(prompts, encoded, sample)
         return self._sampled_outputs(prompts, encoded, sample, batch_size)
 
-    def _beam_outputs(self, prompts: list[str], encoded: list[list[int]], sample: SampleConfig) -> Iterator[Piece]:
-        """Beam search, one prompt at a time; each output is whole when its search ends."""
+    def beam_outputs(self, prompts: list[str], encoded: list[list[int]], sample: SampleConfig) -> Iterator[Piece]:
+        """Beam search, one prompt (its text, and its ids) at a time; each output is
+        whole when its search ends."""
         for i, ids in enumerate(encoded):
             t0 = time.perf_counter()
             hyps = self.beams(ids, sample)
             rate = sum(len(h.tokens) for h in hyps) / max(time.perf_counter() - t0, 1e-9)
             for rank, h in enumerate(hyps):
-                o = self._new_output(i, prompts[i], rank, sample)
+                o = self.new_output(i, prompts[i], rank, sample)
                 for t in h.tokens:
                     if o.finish_reason:
                         break
@@ -155,7 +157,7 @@ class Generator:
         eot = self.tokenizer.eot_id
         jobs = ((i, j) for i in range(len(encoded)) for j in range(sample.num_samples))
         while batch := list(itertools.islice(jobs, batch_size)):
-            outs = [self._new_output(i, prompts[i], j, sample) for i, j in batch]
+            outs = [self.new_output(i, prompts[i], j, sample) for i, j in batch]
             gens = [torch.Generator(device=self.device).manual_seed(sample_seed(sample.seed, prompts[i], j))
                     for i, j in batch]
             t0, produced = time.perf_counter(), 0
@@ -175,7 +177,8 @@ class Generator:
                 o.tokens_per_second = rate
                 yield Piece(o, rest, final=True)
 
-    def _new_output(self, i: int, prompt: str, sample: int, cfg: SampleConfig) -> Output:
+    def new_output(self, i: int, prompt: str, sample: int, cfg: SampleConfig) -> Output:
+        """An empty Output of prompt i (sample index `sample`), cut at cfg's stop strings."""
         return Output(i, prompt, sample, self.tokenizer.stream_decoder(), StopCutter(cfg.stop))
 
     # -- the Python API -------------------------------------------------------------

@@ -105,6 +105,46 @@ class KVCache:
             self.slots = torch.tensor(wanted, device=self.kv.device)
             self.rows_in_slot = torch.tensor(inverse, device=self.kv.device)
 
+    # -- continuous batching (generation/batcher.py): rows leave and join between steps --
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only batch rows `rows` (the others finished), then drop the leading
+        positions no kept row uses, so the buffer holds as many positions as its longest
+        row needs. Each row's positions stay its own (the model's positions are per row,
+        and the mask marks what each row may see), so moving columns changes nothing."""
+        if self.slots is not None:
+            raise ValueError("rows leave a batch that beam search has not reordered")
+        index = torch.tensor(rows, dtype=torch.long, device=self.kv.device)
+        self.kv = self.kv.index_select(1, index)  # a new buffer: the rows left go with the old one
+        self.valid = self.valid.index_select(0, index)
+        used = self.valid[:, :self.pos].any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else self.pos
+        if first:
+            n = self.pos - first
+            self.kv.narrow(4, 0, n).copy_(self.kv.narrow(4, first, n).clone())
+            self.valid[:, :n] = self.valid[:, first:self.pos].clone()
+            self.valid[:, n:] = True
+            self.pos = n
+        self.padded = not bool(self.valid[:, :self.pos].all())
+
+    def join(self, other: KVCache) -> None:
+        """Append other's rows below this cache's, both right-aligned at the later of the
+        two ends: the shorter side's first positions become masked padding."""
+        if self.slots is not None or other.slots is not None:
+            raise ValueError("a cache joins a batch before any beam reordering")
+        end = max(self.pos, other.pos)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+        kv = self.kv.new_empty((self.kv.size(0), self.kv.size(1) + other.kv.size(1), *self.kv.shape[2:]))
+        valid = torch.ones(kv.size(1), self.max_len, dtype=torch.bool, device=self.kv.device)
+        for lo, part in ((0, self), (self.kv.size(1), other)):
+            rows, shift = part.kv.size(1), end - part.pos
+            kv.narrow(1, lo, rows).narrow(4, shift, part.pos).copy_(part.kv.narrow(4, 0, part.pos))
+            valid[lo:lo + rows, shift:end] = part.valid[:, :part.pos]
+            valid[lo:lo + rows, :shift] = False
+        self.kv, self.valid, self.pos = kv, valid, end
+        self.padded = not bool(valid[:, :end].all())
+
     def attention_mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
         """(mask, is_causal) for T new queries after the stored positions."""
         past, device = self.pos, self.valid.device

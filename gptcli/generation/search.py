@@ -23,8 +23,6 @@ WINDOW_KEEP = 0.75  # past block_size, keep this share of the context and rebuil
 NEG = -1.0e9  # HF's "impossible" score in beam bookkeeping
 
 
-
-
 def window_size(model: GPT) -> int:
     return max(1, int(model.config.block_size * WINDOW_KEEP))
 
@@ -73,7 +71,12 @@ def choose(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor | None,
            generators: list[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's next token (B,) by the strategy, and its log-probability under the
     distribution it was drawn from (B,)."""
-    scores = process_logits(logits, cfg, seen)
+    return pick(process_logits(logits, cfg, seen), cfg, generators)
+
+
+def pick(scores: torch.Tensor, cfg: SampleConfig, generators: list[torch.Generator] | None,
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """choose() after process_logits: the next token of each row of scores (B, V)."""
     if cfg.strategy == "greedy":
         nxt = scores.argmax(dim=-1)
     else:
