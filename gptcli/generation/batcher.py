@@ -183,6 +183,8 @@ class Batcher:
         self._logits = None
         if rows:
             self._logits = self._decoder.step(torch.tensor(tokens, device=self.engine.device))
+            self.stats["steps"] += 1
+            self.stats["row_steps"] += len(rows)
         for row in slide:
             self._admit(row, row.context[-self.window:])
 

@@ -70,5 +70,8 @@ class _BatchCollector:
         yield CounterMetricFamily("gptcli_generation_tokens", "Tokens generated", value=stats.get("generated", 0))
         yield CounterMetricFamily("gptcli_rows_finished", "Outputs that ended (eos, stop, length or error)",
                                   value=stats.get("finished", 0))
+        yield CounterMetricFamily("gptcli_batch_steps", "Decoding steps of the batch", value=stats.get("steps", 0))
+        yield CounterMetricFamily("gptcli_batch_row_steps", "Rows over all decoding steps (over steps: the mean "
+                                  "batch size)", value=stats.get("row_steps", 0))
         yield CounterMetricFamily("gptcli_rows_cancelled", "Outputs stopped because their client went away",
                                   value=stats.get("cancelled", 0))
