@@ -112,7 +112,10 @@ def test_stop_ends_every_row_with_a_shutdown_event(engine):
         batcher.submit([row(engine, "C", max_new_tokens=5, greedy=True)[0]])
 
 
-def test_cache_keep_and_join_keep_logits_equal_to_a_full_forward(engine):
+def test_cache_keep_and_join_keep_logits_equal_to_a_full_forward(engine, monkeypatch):
+    """Over fresh memory that holds NaN: masked padding must not read it (0 x NaN is NaN)."""
+    real = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *size, **kw: real(self, *size, **kw).fill_(float("nan")))
     model = engine.model
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     with torch.inference_mode():
@@ -134,3 +137,13 @@ def test_cache_keep_and_join_keep_logits_equal_to_a_full_forward(engine):
                 full, _ = model(torch.tensor([contexts[i]]))
                 torch.testing.assert_close(logits[i], full[0, -1], atol=1e-4, rtol=1e-4)
         assert batch.cache.pos == max(len(c) for c in contexts)
+
+
+def test_a_temperature_below_float32s_range_samples_as_greedy(engine):
+    from gptcli.config import SampleConfig
+    from gptcli.generation.sampling import process_logits
+
+    logits = torch.randn(3, 50)
+    scores = process_logits(logits, SampleConfig(temperature=1e-300).validate(), None)
+    assert torch.isfinite(scores.softmax(-1)).all()
+    assert torch.equal(scores.softmax(-1).argmax(-1), logits.argmax(-1))

@@ -183,6 +183,32 @@ def test_a_client_that_disconnects_stops_its_row(server):
     assert server.metric("gptcli_generation_tokens_total") < 10**6
 
 
+def test_edges_max_tokens_0_tiny_temperature_truncate_and_beam_usage(server, engine):
+    client = server.client()
+    r = client.completions.create(model="default", prompt="A", max_tokens=0, echo=True)
+    assert (r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens) == ("A", "length", 0)
+    tiny = client.completions.create(model="default", prompt="KING:", max_tokens=8, temperature=1e-300)
+    assert tiny.choices[0].text == alone(engine, "KING:", max_new_tokens=8, greedy=True).text
+    long = "word " * 400  # past the context: truncate keeps its last tokens, as generate does
+    r = client.completions.create(model="default", prompt=long, max_tokens=5, temperature=0,
+                                  extra_body={"truncate": True})
+    assert r.choices[0].text == alone(engine, long, max_new_tokens=5, greedy=True).text
+    beams = client.completions.create(model="default", prompt="A", max_tokens=6, extra_body={"num_beams": 2})
+    assert beams.usage.completion_tokens == len(engine.tokenizer.encode(beams.choices[0].text)) > 0
+
+
+def test_a_beam_search_whose_client_leaves_stops(server):
+    before = server.metric("gptcli_generation_tokens_total")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    body = json.dumps({"prompt": "A", "max_tokens": 250, "num_beams": 16}).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    time.sleep(0.3)
+    sock.close()
+    r = server.client().completions.create(model="default", prompt="B", max_tokens=3, extra_body={"num_beams": 2})
+    assert r.choices[0].text  # it ran after the abandoned search, which produced nothing
+    assert server.metric("gptcli_generation_tokens_total") - before <= 3
+
+
 def test_bad_requests_get_a_400_in_openai_shape(server):
     client = server.client()
     bad = [dict(prompt="x", suffix="y"), dict(prompt="x", logit_bias={"1": 5}), dict(prompt="x", max_tokens="9"),
@@ -200,6 +226,8 @@ def test_bad_requests_get_a_400_in_openai_shape(server):
     status, body = server.raw("POST", "/v1/completions", b"x" * (2 << 20))
     assert status == 413
     assert server.raw("GET", "/v1/completions")[0] == 405
+    assert server.raw("POST", "/v1/completions/", {"prompt": "x"})[0] == 404
+    assert server.raw("POST", "/tokenize", {"content": "x", "add_special": True})[0] == 400
     assert not any("Traceback" in line for line in server.lines)
 
 
@@ -237,6 +265,9 @@ def test_api_key_queue_limit_and_graceful_shutdown():
         for t in threads:
             t.join(120)
         assert errors, "one row running and one waiting: the others get 429"
+        assert errors[0].response.headers["retry-after"] == "1"
+        with pytest.raises(openai.BadRequestError, match="can never fit"):
+            client.completions.create(model="default", prompt="A", max_tokens=2, n=3)
         # SIGTERM mid-stream: the stream ends with an error event and [DONE], exit 143
         stream = client.completions.create(model="default", prompt="A", max_tokens=250, stream=True, temperature=0)
         next(iter(stream))

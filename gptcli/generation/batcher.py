@@ -214,21 +214,32 @@ class Batcher:
             else:
                 groups.setdefault(row.group, []).append(i)
         for members in groups.values():
-            sample = self._rows[members[0]].sample
-            index = torch.tensor(members, device=self._logits.device)
-            seen = torch.stack([self._rows[i].seen for i in members]) if sample.repetition_penalty != 1.0 else None
-            scores = process_logits(self._logits.index_select(0, index), sample, seen)
-            nxt, logp = pick(scores, sample, [self._rows[i].generator for i in members])
-            wanted = max(self._rows[i].top_logprobs for i in members)
-            top = scores.log_softmax(dim=-1).topk(wanted) if wanted else None
-            for j, (i, t, lp) in enumerate(zip(members, nxt.tolist(), logp.tolist())):
-                row = self._rows[i]
-                best = [] if top is None else [  # a token filtered out (-inf) is no alternative
-                    (k, v) for k, v in zip(top.indices[j].tolist(), top.values[j].tolist()) if v != float("-inf")]
-                best = best[:row.top_logprobs]
-                if self._take(row, t, lp, best):
-                    chosen[i] = t
+            try:
+                self._choose_group(members, chosen)
+            except Exception:  # find the rows it was: only they fail
+                for i in members:
+                    try:
+                        self._choose_group([i], chosen)
+                    except Exception as e:
+                        row = self._rows[i]
+                        self._end(row, Done(row.output, error=f"generation failed: {first_line(e)}", kind="failure"))
         return chosen
+
+    def _choose_group(self, members: list[int], chosen: list[int | None]) -> None:
+        """The next token of rows that sample alike, chosen together."""
+        sample = self._rows[members[0]].sample
+        index = torch.tensor(members, device=self._logits.device)
+        seen = torch.stack([self._rows[i].seen for i in members]) if sample.repetition_penalty != 1.0 else None
+        scores = process_logits(self._logits.index_select(0, index), sample, seen)
+        nxt, logp = pick(scores, sample, [self._rows[i].generator for i in members])
+        wanted = max(self._rows[i].top_logprobs for i in members)
+        top = scores.log_softmax(dim=-1).topk(wanted) if wanted else None
+        for j, (i, t, lp) in enumerate(zip(members, nxt.tolist(), logp.tolist())):
+            row = self._rows[i]
+            best = [] if top is None else [  # a token filtered out (-inf) is no alternative
+                (k, v) for k, v in zip(top.indices[j].tolist(), top.values[j].tolist()) if v != float("-inf")]
+            if self._take(row, t, lp, best[:row.top_logprobs]):
+                chosen[i] = t
 
     def _take(self, row: Row, token: int, logprob: float, top: list) -> bool:
         """Give the row its token; whether it goes on."""

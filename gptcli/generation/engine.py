@@ -111,11 +111,12 @@ class Generator:
         engine's prepared weights."""
         return self.architecture.decoder(self.model, self.dtype, self.prepared)
 
-    def beams(self, prompt: list[int], sample: SampleConfig, stop_at_eot: bool = True) -> list[Hypothesis]:
+    def beams(self, prompt: list[int], sample: SampleConfig, stop_at_eot: bool = True,
+              interrupted: Callable[[], bool] | None = None) -> list[Hypothesis]:
         """Beam search (search.beam_search): the best sample.num_return hypotheses."""
         with torch.inference_mode():
             return beam_search(self.model, prompt, sample, self.tokenizer.eot_id if stop_at_eot else -1, self.dtype,
-                               self.prepared)
+                               self.prepared, interrupted)
 
     # -- text ---------------------------------------------------------------------
 
@@ -133,12 +134,13 @@ class Generator:
             return self.beam_outputs(prompts, encoded, sample)
         return self._sampled_outputs(prompts, encoded, sample, batch_size)
 
-    def beam_outputs(self, prompts: list[str], encoded: list[list[int]], sample: SampleConfig) -> Iterator[Piece]:
+    def beam_outputs(self, prompts: list[str], encoded: list[list[int]], sample: SampleConfig,
+                     interrupted: Callable[[], bool] | None = None) -> Iterator[Piece]:
         """Beam search, one prompt (its text, and its ids) at a time; each output is
         whole when its search ends."""
         for i, ids in enumerate(encoded):
             t0 = time.perf_counter()
-            hyps = self.beams(ids, sample)
+            hyps = self.beams(ids, sample, interrupted=interrupted)
             rate = sum(len(h.tokens) for h in hyps) / max(time.perf_counter() - t0, 1e-9)
             for rank, h in enumerate(hyps):
                 o = self.new_output(i, prompts[i], rank, sample)

@@ -140,6 +140,9 @@ class KVCache:
         for lo, part in ((0, self), (self.kv.size(1), other)):
             rows, shift = part.kv.size(1), end - part.pos
             kv.narrow(1, lo, rows).narrow(4, shift, part.pos).copy_(part.kv.narrow(4, 0, part.pos))
+            # padding is masked, but a masked weight (0) times a value left in fresh memory
+            # (NaN, inf) is still NaN: padding holds zeros
+            kv.narrow(1, lo, rows).narrow(4, 0, shift).zero_()
             valid[lo:lo + rows, shift:end] = part.valid[:, :part.pos]
             valid[lo:lo + rows, :shift] = False
         self.kv, self.valid, self.pos = kv, valid, end

@@ -66,7 +66,9 @@ def process_logits(logits: torch.Tensor, cfg: SampleConfig, seen: torch.Tensor |
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
     if cfg.strategy == "sample":  # shifted first, so a tiny temperature cannot overflow to inf
-        logits = (logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature
+        # a temperature below float32's smallest normal would round to 0 (0/0: NaN): as small as float32 allows
+        temperature = max(cfg.temperature, torch.finfo(torch.float32).tiny)
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
         if cfg.top_k is not None:
             logits = top_k_filter(logits, cfg.top_k)
         if cfg.top_p is not None:

@@ -7,7 +7,7 @@ when to stop listening. Every sampled row draws from its own torch.Generator.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -94,15 +94,21 @@ class Hypothesis:
     logprob: float  # sum of log-probabilities
 
 
+class Interrupted(Exception):
+    """A search stopped because its caller asked (its `interrupted` said so)."""
+
+
 def beam_search(model: LanguageModel, prompt: list[int], cfg: SampleConfig, eot_id: int,
-                weights: str = "float32", prepared: Prepared | None = None) -> list[Hypothesis]:
+                weights: str = "float32", prepared: Prepared | None = None,
+                interrupted: Callable[[], bool] | None = None) -> list[Hypothesis]:
     """Beam search following HF transformers' conventions, so that equal weights give
     equal beams: the top 2*K continuations of all beams are scored each step; those
     that end (end-of-text, or the length limit) and rank in the top K enter the
     finished set with score sum_logprobs / generated_len ** length_penalty; the best K
     unfinished continue. early_stopping=True stops once K hypotheses are finished;
     False stops when no running beam can beat the worst finished one at its current
-    length. Returns the best `num_return` hypotheses, best first.
+    length. Returns the best `num_return` hypotheses, best first; raises Interrupted when
+    `interrupted()` (asked before each step) says to stop.
 
     The model's side stays in tensors (log-probabilities, the top 2K, the cache); the
     2K candidates come to the host in one sync per step and their bookkeeping is plain
@@ -125,6 +131,8 @@ def beam_search(model: LanguageModel, prompt: list[int], cfg: SampleConfig, eot_
         seen = torch.zeros(K, V, dtype=torch.bool, device=device)
         seen[:, prompt] = True
     for step in range(n):
+        if interrupted is not None and interrupted():
+            raise Interrupted()
         logp = logits.float().log_softmax(dim=-1)
         if seen is not None:  # HF applies its processors to the log-probabilities here
             logp = apply_repetition_penalty(logp, seen, cfg.repetition_penalty)

@@ -67,7 +67,8 @@ class _BatchCollector:
                                 value=batcher.waiting if batcher else 0)
         yield GaugeMetricFamily("gptcli_running_rows", "Outputs being generated in the batch",
                                 value=batcher.running if batcher else 0)
-        yield CounterMetricFamily("gptcli_generation_tokens", "Tokens generated", value=stats.get("generated", 0))
+        yield CounterMetricFamily("gptcli_generation_tokens", "Tokens generated (the batch's and beam searches')",
+                                  value=stats.get("generated", 0) + self.service.beam_tokens)
         yield CounterMetricFamily("gptcli_rows_finished", "Outputs that ended (eos, stop, length or error)",
                                   value=stats.get("finished", 0))
         yield CounterMetricFamily("gptcli_batch_steps", "Decoding steps of the batch", value=stats.get("steps", 0))

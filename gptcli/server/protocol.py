@@ -39,9 +39,9 @@ class ApiError(Exception):
     """A refusal in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str | None = None):
+                 kind: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
         self.kind = kind or {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                              408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error",
                              503: "server_error"}.get(status, "invalid_request_error")
@@ -81,8 +81,7 @@ def parse_body(raw: bytes) -> dict:
 def completion_plan(body: dict, engine, model_id: str) -> Plan:
     """A /v1/completions body as a Plan."""
     _known(body, COMPLETION_FIELDS, model_id)
-    texts, prompts = prompt_ids(_field(body, "prompt", required=True), engine, body.get("truncate", False),
-                              _max_tokens(body))
+    texts, prompts = prompt_ids(_field(body, "prompt", required=True), engine, _truncate(body), _max_tokens(body))
     logprobs = _opt(body, "logprobs", int)
     if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
         raise ApiError(400, f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {logprobs}", "logprobs")
@@ -92,12 +91,13 @@ def completion_plan(body: dict, engine, model_id: str) -> Plan:
 def chat_plan(body: dict, engine, model_id: str, template: dict) -> Plan:
     """A /v1/chat/completions body as a Plan: the messages rendered by the template."""
     _known(body, CHAT_FIELDS, model_id)
-    if "max_completion_tokens" in body:
-        if "max_tokens" in body:
+    if body.get("max_completion_tokens") is not None:
+        if body.get("max_tokens") is not None:
             raise ApiError(400, "give max_tokens or max_completion_tokens, not both", "max_completion_tokens")
+        _opt(body, "max_completion_tokens", int)
         body = {**body, "max_tokens": body["max_completion_tokens"]}
     prompt = render_chat(_field(body, "messages", required=True), template)
-    texts, prompts = prompt_ids(prompt, engine, body.get("truncate", False), _max_tokens(body))
+    texts, prompts = prompt_ids(prompt, engine, _truncate(body), _max_tokens(body), param="messages")
     logprobs = None
     if _opt(body, "logprobs", bool):
         logprobs = _opt(body, "top_logprobs", int) or 0
@@ -150,6 +150,19 @@ def load_template(path: Path | None) -> dict:
 # -- the parts ---------------------------------------------------------------------------
 
 
+def only(body: dict, fields: tuple[str, ...]) -> None:
+    """Refuse a field not in `fields`, by name."""
+    for name in body:
+        if name not in fields:
+            raise ApiError(400, f"{name} is not a field of this endpoint (it takes {', '.join(fields)})", name,
+                           "unsupported_field")
+
+
+def check_text(text: str, param: str) -> None:
+    if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise ApiError(400, f"{param} holds a NUL or an unpaired surrogate", param)
+
+
 def _known(body: dict, fields: tuple[str, ...], model_id: str) -> None:
     for name, value in body.items():
         if name in NEUTRAL:
@@ -157,7 +170,8 @@ def _known(body: dict, fields: tuple[str, ...], model_id: str) -> None:
                 raise ApiError(400, f"{name} is not supported by gptcli serve", name, "unsupported_field")
         elif name not in fields:
             raise ApiError(400, f"{name} is not a field gptcli serve supports", name, "unsupported_field")
-    model = body.get("model")
+    _opt(body, "user", str)
+    model = _opt(body, "model", str)
     if model is not None and model != model_id:
         raise ApiError(404, f"the model {model!r} does not exist: this server serves {model_id!r}", "model",
                        "model_not_found")
@@ -188,11 +202,14 @@ def _max_tokens(body: dict) -> int:
     return 16 if value is None else value  # OpenAI's default
 
 
-def prompt_ids(prompt, engine, truncate, max_tokens: int) -> tuple[list[str], list[list[int]]]:
+def _truncate(body: dict) -> bool:
+    return bool(_opt(body, "truncate", bool))
+
+
+def prompt_ids(prompt, engine, truncate: bool, max_tokens: int, param: str = "prompt",
+               ) -> tuple[list[str], list[list[int]]]:
     """Each prompt's text and ids: a string, a list of strings, a list of token ids, or
     a list of such lists."""
-    if not isinstance(truncate, bool):
-        raise ApiError(400, "truncate must be true or false", "truncate", "invalid_type")
     vocab = engine.config.vocab_size
     if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(is_token_id(t) for t in prompt)):
         prompt = [prompt]
@@ -201,8 +218,7 @@ def prompt_ids(prompt, engine, truncate, max_tokens: int) -> tuple[list[str], li
     texts, ids = [], []
     for p in prompt:
         if isinstance(p, str):
-            if "\x00" in p or any(0xD800 <= ord(c) <= 0xDFFF for c in p):
-                raise ApiError(400, "the prompt holds a NUL or an unpaired surrogate", "prompt")
+            check_text(p, param)
             tokens = engine.tokenizer.encode(p)
             texts.append(p)
         elif isinstance(p, list) and all(is_token_id(t) for t in p):
@@ -223,8 +239,19 @@ def is_token_id(t) -> bool:
 
 
 def _fits(prompt_tokens: int, max_tokens: int, engine, truncate: bool) -> None:
+    """A prompt and max_tokens within the context, unless truncate asks for what generate
+    does: keep the prompt's last block_size tokens and slide the window. (A recurrent
+    model generates past block_size, but reads prompts of at most that many tokens.)"""
     block = engine.config.block_size
-    if truncate or engine.context_limit is None or prompt_tokens + max_tokens <= block:
+    if truncate:
+        return
+    if engine.context_limit is None:
+        if prompt_tokens <= block:
+            return
+        raise ApiError(400, f"the prompt ({prompt_tokens} tokens) is longer than the {block} tokens this model "
+                       "reads: shorten it, or send \"truncate\": true to keep its last tokens", "prompt",
+                       "context_length_exceeded")
+    if prompt_tokens + max_tokens <= block:
         return
     raise ApiError(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is more than the "
                    f"model's context of {block} tokens: shorten them, or send \"truncate\": true to keep the "
@@ -250,15 +277,17 @@ def _plan(body: dict, engine, prompts, texts, logprobs, echo: bool, extra_stops:
         param = API_NAMES.get(e.settings[0], e.settings[0]) if e.settings else None
         raise ApiError(400, e.render(lambda s: API_NAMES.get(s, s)), param) from None
     except UsageError as e:
-        raise ApiError(400, str(e)) from None
+        raise ApiError(400, str(e), "stop" if "stop string" in str(e) else None) from None
     options = _opt(body, "stream_options", dict) or {}
     stream = bool(_opt(body, "stream", bool))
     if set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool):
         raise ApiError(400, "stream_options takes include_usage (true or false)", "stream_options")
     if options and not stream:
         raise ApiError(400, "stream_options applies to stream: true only", "stream_options")
-    if sample.strategy == "beam" and logprobs:
+    if sample.strategy == "beam" and logprobs is not None:
         raise ApiError(400, "logprobs are not reported for beam search", "logprobs")
+    if sample.num_beams > MAX_N:
+        raise ApiError(400, f"num_beams must be at most {MAX_N} here, got {sample.num_beams}", "num_beams")
     return Plan(prompts, texts, sample, n, stream, options.get("include_usage", False), echo, logprobs,
                 sample.stop)
 

@@ -65,8 +65,8 @@ class Render:
 
     def usage(self) -> dict:
         prompt = sum(len(p) for p in self.job.plan.prompts)
-        return {"prompt_tokens": prompt, "completion_tokens": self.job.generated,
-                "total_tokens": prompt + self.job.generated}
+        generated = self.job.completion_tokens()
+        return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
 
 async def whole(job: Job, render: Render, request: Request) -> Response:
