@@ -117,6 +117,20 @@ def test_greedy_beam_and_n(server, engine):
     assert [c.text for c in many.choices] == [o.text for o in want]
 
 
+def test_chat_renders_the_template_and_streams_what_it_returns_whole(server, engine):
+    messages = [{"role": "system", "content": "A play."}, {"role": "user", "content": "Who is there?"}]
+    client = server.client()
+    whole = client.chat.completions.create(model="default", messages=messages, max_tokens=30, seed=4)
+    chunks = list(client.chat.completions.create(model="default", messages=messages, max_tokens=30, seed=4,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    prompt = "A play.\n\nUser: Who is there?\nAssistant:"
+    want = alone(engine, prompt, max_new_tokens=30, seed=4, stop="\nUser:")
+    assert whole.choices[0].message.content == streamed == want.text
+    assert whole.choices[0].finish_reason == ("length" if want.finish_reason == "length" else "stop")
+
+
 def test_stop_strings_cut_across_pieces(server, engine):
     full = alone(engine, "KING:", max_new_tokens=40, greedy=True)
     ids = full.token_ids
