@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SHAKESPEARE, TINY_FLAGS, cli
+from helpers import SHAKESPEARE, TINY_FLAGS, copy_trained, train_once
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +43,17 @@ def mixed_tokenizer(shakespeare_text):
     return BPETokenizer.train([shakespeare_text[:50000], extra * 50], 600)
 
 
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory, shakespeare_text) -> Path:
+    """One tiny run trained for 20 steps through the real CLI, once per session (training
+    is deterministic: every test would train the same bytes); `trained_run` copies it."""
+    return train_once(tmp_path_factory.mktemp("trained"), "corpus.txt", shakespeare_text[:30000],
+                      *TINY_FLAGS, "--max-steps", "20", "--out", "run")
+
+
 @pytest.fixture
-def trained_run(isolated, small_corpus, monkeypatch, capsys):
-    """A tiny run folder trained for 20 steps through the real CLI, at ./run."""
-    code, _, err = cli(monkeypatch, capsys, "train", str(small_corpus), *TINY_FLAGS, "--max-steps", "20",
-                       "--out", "run")
-    assert code == 0, err
+def trained_run(isolated, small_corpus, trained_template) -> Path:
+    """A tiny run folder trained for 20 steps through the real CLI, at ./run (the session's,
+    copied in with the workspace tokenizer and token cache its training made)."""
+    copy_trained(trained_template, isolated)
     return isolated / "run"

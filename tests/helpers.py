@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,50 @@ def cli(monkeypatch, capsys, *args: str, stdin: bytes | None = None) -> tuple[in
         main()
     out, err = capsys.readouterr()
     return exc.value.code, out, err
+
+
+def train_once(root: Path, corpus: str, text: str, *args: str) -> Path:
+    """`gptcli train ROOT/ws/CORPUS ARGS` through the real entry point, in-process, in a
+    workspace of its own (ROOT/ws, token cache ROOT/cache), for copy_trained to hand to
+    each test that needs the same run: training is deterministic, so each would train the
+    same bytes."""
+    ws = root / "ws"
+    ws.mkdir()
+    (ws / corpus).write_text(text, encoding="utf-8")
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8") for _ in range(2))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ws)
+        mp.setenv("GPTCLI_CACHE_DIR", str(root / "cache"))
+        mp.setenv("NO_COLOR", "1")
+        mp.setattr(sys, "stdout", out)
+        mp.setattr(sys, "stderr", err)
+        mp.setattr(sys, "argv", ["gptcli", "train", str(ws / corpus), *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+    err.seek(0)
+    assert exc.value.code == 0, err.read()
+    return root
+
+
+def copy_trained(root: Path, ws: Path) -> None:
+    """What train_once made (the corpus, run folder and workspace tokenizer, and the token
+    cache) into test workspace `ws` (its cache: ws/../cache, as conftest's `isolated` sets),
+    the absolute corpus paths recorded in it pointing at ws: the files training in ws
+    would have written."""
+    old = root / "ws"
+    for entry in old.iterdir():
+        if entry.is_dir():
+            shutil.copytree(entry, ws / entry.name)
+        elif not (ws / entry.name).exists():
+            shutil.copy2(entry, ws / entry.name)
+        else:
+            assert (ws / entry.name).read_bytes() == entry.read_bytes(), entry.name
+    cache = ws.parent / "cache"
+    shutil.copytree(root / "cache", cache, dirs_exist_ok=True)
+    for doc in [*ws.glob("*/config.json"), *(cache / "tokens").glob("*.json")]:
+        text = doc.read_text(encoding="utf-8")
+        if str(old) in text:
+            doc.write_text(text.replace(str(old), str(ws)), encoding="utf-8")
 
 
 def run_gptcli(*args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120,

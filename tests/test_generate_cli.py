@@ -13,20 +13,23 @@ import torch
 from gptcli.generation import engine
 from gptcli.generation.kernels import has_fp16_kernel
 
-from helpers import TINY_FLAGS, assert_clean_error, cli, run_gptcli
+from helpers import TINY_FLAGS, assert_clean_error, cli, copy_trained, run_gptcli, train_once
 
 CJK = ("春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。🌸🌧️🐦 "
        "床前明月光，疑是地上霜。举头望明月，低头思故乡。🌙✨ ")
 
 
+@pytest.fixture(scope="module")
+def cjk_template(tmp_path_factory):
+    return train_once(tmp_path_factory.mktemp("cjk"), "poems.txt", CJK * 300, *TINY_FLAGS[:-2], "--vocab-size",
+                      "300", "--max-steps", "200", "--optimizer", "adamw", "--lr", "3e-3", "--out", "run")
+
+
 @pytest.fixture
-def cjk_run(isolated, monkeypatch, capsys):
-    """A tiny model trained briefly on CJK and emoji text (so it emits multi-byte characters)."""
-    corpus = isolated / "poems.txt"
-    corpus.write_text(CJK * 300, encoding="utf-8")
-    code, _, err = cli(monkeypatch, capsys, "train", str(corpus), *TINY_FLAGS[:-2], "--vocab-size", "300",
-                       "--max-steps", "200", "--optimizer", "adamw", "--lr", "3e-3", "--out", "run")
-    assert code == 0, err
+def cjk_run(isolated, cjk_template):
+    """A tiny model trained briefly on CJK and emoji text (so it emits multi-byte characters):
+    trained once for this module, copied into each test's workspace."""
+    copy_trained(cjk_template, isolated)
     return isolated / "run"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -183,14 +184,22 @@ def test_nan_loss_stops_with_a_clear_error():
     assert rec.checkpoints == []
 
 
+@functools.cache
+def _straight_run(arch: str, optimizer: str, after: float) -> Recorder:
+    """The uninterrupted run the resumed ones are held to: _setup seeds everything, so the
+    cases that share a model and optimizer (and stop at different steps) share it."""
+    straight = Recorder()
+    _setup(straight, arch=arch, optimizer=optimizer, regularize_beyond=after).run()
+    return straight
+
+
 @pytest.mark.parametrize("stop_at, arch, optimizer, after", [
     (3, "gpt", "adamw", 0), (4, "gpt", "adamw", 0), (9, "gpt", "adamw", 0), (5, "lstm", "adamw", 0),
     (5, "gru", "adamw", 0), (5, "rnn", "adamw", 0), (3, "gpt", "muon", 0), (9, "gpt", "muon", 0),
     (5, "lstm", "muon", 0),
     (5, "gpt", "muon", 0.16384), (5, "lstm", "adamw", 0.16384)])  # a quarter of the dropout and weight decay
 def test_resumed_losses_equal_an_uninterrupted_run(tmp_path, stop_at, arch, optimizer, after):
-    straight = Recorder()
-    _setup(straight, arch=arch, optimizer=optimizer, regularize_beyond=after).run()
+    straight = _straight_run(arch, optimizer, after)
 
     first = Recorder(stop_at=stop_at)
     trainer = _setup(first, arch=arch, optimizer=optimizer, regularize_beyond=after)
