@@ -9,11 +9,11 @@ token, p50 time between tokens (between streamed chunks), and gptcli's ratio to
 llama-server. Each (server, K) cell runs --repeats times, alternating the servers;
 figures are medians. Both servers get the same threads, the same number of parallel
 rows (--parallel; llama-server's slots, each with block_size of context) and sampling
-(temperature 0.8, top_p 0.95).
+(temperature 0.8, top_p 0.95). A request's tokens are its usage's completion_tokens.
 
 llama-server is built once by benchmarks/setup_llama_server.sh; without it (or with
---no-llama) only gptcli is measured. The clients are httpx2's async client (what the
-openai package uses), one event loop in this process.
+--no-llama) only gptcli is measured. The clients share one event loop in this process,
+speaking HTTP through h11 (uvicorn's own HTTP/1.1 library).
 
     bash benchmarks/setup_llama_server.sh && python benchmarks/serve.py
     python benchmarks/serve.py --clients 16 --seconds 30 --repeats 3 --json out.json
@@ -31,7 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import h11
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "gptcli" / "assets" / "tinyshakespeare.txt"
@@ -58,14 +62,13 @@ class Process:
             else:
                 raise SystemExit(f"the server did not start: {argv}")
         self.url = f"http://127.0.0.1:{port}"
-        import httpx2
-
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx2.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx2.HTTPError:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:  # not listening yet, or 503 while loading
                 pass
             time.sleep(0.2)
         raise SystemExit(f"the server did not become healthy: {argv}")
@@ -75,23 +78,49 @@ class Process:
         self.proc.wait(30)
 
 
-async def one_client(client, url: str, texts: list[str], start: int, new: int, until: float, out: dict) -> None:
+async def stream_completion(host: str, port: int, body: dict) -> AsyncIterator[tuple[float, dict]]:
+    """POST /v1/completions with stream: each SSE event's arrival time and JSON. HTTP is
+    h11's (sans-IO) over an asyncio connection: httpx's async client, tried first, added
+    up to 70 ms a chunk against llama-server's chunked responses, which measured the
+    client instead of the server."""
+    reader, writer = await asyncio.open_connection(host, port)
+    conn = h11.Connection(h11.CLIENT)
+    data = json.dumps(body).encode()
+    writer.write(conn.send(h11.Request(method="POST", target="/v1/completions", headers=[
+        ("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(data)))])))
+    writer.write(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+    pending = b""
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Response) and event.status_code != 200:
+                raise RuntimeError(f"status {event.status_code}")
+            elif isinstance(event, h11.Data):
+                pending += bytes(event.data)
+                *events, pending = pending.split(b"\n\n")
+                now = time.monotonic()
+                for e in events:
+                    line = e.strip()
+                    if line.startswith(b"data: ") and line != b"data: [DONE]":
+                        yield now, json.loads(line[6:])
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return
+    finally:
+        writer.close()
+
+
+async def one_client(url: str, texts: list[str], start: int, new: int, until: float, out: dict) -> None:
+    host, port = url.removeprefix("http://").split(":")
     i = start
     while time.monotonic() < until:
         body = {"model": out["model"], "prompt": texts[i % len(texts)], "max_tokens": new, "stream": True,
                 "temperature": 0.8, "top_p": 0.95, "seed": i, "stream_options": {"include_usage": True}}
         i += 7
         sent, first, last, tokens = time.monotonic(), None, None, 0
-        async with client.stream("POST", url + "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                out["errors"] += 1
-                await r.aread()
-                continue
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                now = time.monotonic()
+        try:
+            async for now, chunk in stream_completion(host, int(port), body):
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
                 if chunk.get("choices") and chunk["choices"][0].get("text"):
@@ -101,22 +130,20 @@ async def one_client(client, url: str, texts: list[str], start: int, new: int, u
                     elif last is not None:
                         out["gaps"].append(now - last)
                     last = now
-        if time.monotonic() <= until + 30:
-            out["tokens"] += tokens
-            out["requests"] += 1
+        except (OSError, RuntimeError):
+            out["errors"] += 1
+            continue
+        out["tokens"] += tokens
+        out["requests"] += 1
 
 
 async def load(url: str, model: str, clients: int, seconds: float, new: int) -> dict:
-    import httpx2
-
     texts = prompts()
     out = {"model": model, "ttft": [], "gaps": [], "tokens": 0, "requests": 0, "errors": 0}
-    limits = httpx2.Limits(max_connections=clients + 4)
-    async with httpx2.AsyncClient(timeout=120, limits=limits) as client:
-        t0 = time.monotonic()
-        until = t0 + seconds
-        await asyncio.gather(*(one_client(client, url, texts, k, new, until, out) for k in range(clients)))
-        wall = time.monotonic() - t0
+    t0 = time.monotonic()
+    until = t0 + seconds
+    await asyncio.gather(*(one_client(url, texts, k, new, until, out) for k in range(clients)))
+    wall = time.monotonic() - t0
     q = statistics.quantiles
     return {"tokens_per_s": out["tokens"] / wall, "requests": out["requests"], "errors": out["errors"],
             "ttft_p50": statistics.median(out["ttft"]) if out["ttft"] else None,
