@@ -17,16 +17,11 @@ from gptcli.store.checkpoint import load_run
 from gptcli.store.weights import weights_dict
 
 from helpers import SHAKESPEARE, TINY_FLAGS, assert_clean_error, cli
-from llama_peer import Peer, import_llama_cpp
+from llama_peer import MIXED, MIXED_TEXTS, PROMPTS, Peer, import_llama_cpp
 
 gguf = pytest.importorskip("gguf")
 
 SHIPPED = SHAKESPEARE.parent / "default"
-MIXED = ("The quick brown fox can't jump over 3.14 lazy dogs; isn't it?\n"
-         "日本語のテキストと中文文本，还有标点。\n"
-         "def f(x):\n\tif x  >=  10:\n        return {'a': [1, 2]}  # done\n"
-         "emoji 🙂🚀👩‍💻 and naïve café — “quotes”\n\n\n   \t  trailing   \n")
-PROMPTS = ["ROMEO:", "First Citizen:\nBefore we proceed", "The king", "\n", "What light through yonder"]
 
 
 def _train(monkeypatch, capsys, out: str, *flags: str):
@@ -222,8 +217,7 @@ def test_llama_cpp_tokenizes_mixed_text_as_gptcli(parity_runs, which):
     run, path = parity_runs[which]
     _, tok, _ = load_run(run)
     peer = Peer(path, n_ctx=64)
-    texts = [MIXED, *MIXED.splitlines(keepends=True), "  ", "\n\n", "a<|endoftext|>b", "x" * 300]
-    for text in texts:
+    for text in MIXED_TEXTS:
         assert peer.tokenize(text) == tok.encode(text), repr(text)
 
 
