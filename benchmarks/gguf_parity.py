@@ -37,6 +37,12 @@ GGUF_DTYPES = ("float32", "float16", "q8_0")
 GPTCLI_DTYPES = ("float32", "float16", "int8")
 
 
+def export_gguf(run: Path, out: Path, dtype: str) -> None:
+    """`gptcli export-gguf`, in its own process as a user runs it."""
+    subprocess.run([sys.executable, "-m", "gptcli", "export-gguf", str(run), str(out), "--dtype", dtype],
+                   check=True, capture_output=True)
+
+
 def held_out() -> str:
     text = CORPUS.read_text(encoding="utf-8")
     return text[int(len(text) * 0.9):]
@@ -74,12 +80,7 @@ def llama_engine(path: Path, n_ctx: int, threads: int):
     from llama_peer import Peer
 
     scorer, timer = Peer(path, n_ctx, threads), Peer(path, n_ctx, threads, logits_all=False)
-
-    def prefill(ids):
-        timer.llm.reset()
-        timer.llm.eval(ids)
-
-    return (lambda ids, n, stop_at_eos=False: timer.greedy(ids, n, stop_at_eos)), scorer.logits, prefill
+    return (lambda ids, n, stop_at_eos=False: timer.greedy(ids, n, stop_at_eos)), scorer.logits, timer.prefill
 
 
 def bits_per_byte(logits_of, ids: list[int], token_bytes: list[bytes], block: int) -> float:
@@ -177,8 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in GGUF_DTYPES:
             path = Path(tmp) / f"{dtype}.gguf"
-            subprocess.run([sys.executable, "-m", "gptcli", "export-gguf", str(args.run), str(path), "--dtype", dtype],
-                           check=True, capture_output=True)
+            export_gguf(args.run, path, dtype)
             rows[f"llama.cpp {dtype}"] = call({**base, "engine": "llama.cpp", "dtype": dtype, "gguf": str(path),
                                                "quality": True})
         for dtype in GPTCLI_DTYPES:
