@@ -1,13 +1,20 @@
-"""gptcli's generation against CTranslate2 and HF transformers, on the same weights.
+"""gptcli's generation against CTranslate2, HF transformers and llama.cpp, on the same weights.
 
 For each shape (the shipped `tiny` model, and random `small`, `medium` and `gpt2`-shaped
 models with the shipped 4,096-token vocabulary) it writes a gptcli run folder, exports
-it with `gptcli export-hf`, converts that with `ct2-transformers-converter`, and times
+it with `gptcli export-hf` (converted by `ct2-transformers-converter`) and with `gptcli
+export-gguf` (f32, f16, q8_0, run by llama.cpp through tests/llama_peer.py), and times
 every engine on the same prompts and token counts:
 
   greedy     one 16-token prompt, greedy            topk       the same, top-k 50 sampling
   beam4      the same, 4 beams                      batch8     8 prompts in one batch, greedy
   prompts64  64 prompts of various lengths (lines of the held-out text), greedy, one batch
+  prefill    one prompt of 256 tokens (block_size if smaller) and one new token: tok/s
+             counts the prompt's tokens (prompt processing)
+
+llama.cpp runs greedy and prefill only (batch 1, through llama-cpp-python's Python calls
+per token, as gptcli's figures include its own loop); build it first with
+benchmarks/setup_llama_cpp.sh.
 
 End-of-text is disabled everywhere, so every run makes exactly --new tokens per output.
 Each engine runs in its own worker process (two OpenMP runtimes in one process slow each
@@ -23,6 +30,8 @@ reports its tokens_per_second and its ratio to CTranslate2 timed alongside it.
     pip install -e ".[dev]" && python benchmarks/generate.py            # every shape
     python benchmarks/generate.py --shapes tiny --repeats 7 --cli --quality
     python benchmarks/generate.py --shapes gpt2 --device cuda           # on a GPU, against transformers
+    python benchmarks/generate.py --shapes tiny gpt2 --cases greedy prefill \
+        --engines gptcli gptcli-fp16 gptcli-int8 llama.cpp llama.cpp-f16 llama.cpp-q8_0
 """
 
 from __future__ import annotations
@@ -37,8 +46,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("gptcli", "gptcli-fp16", "gptcli-int8", "ctranslate2", "ctranslate2-int8", "transformers")
-CASES = ("greedy", "topk", "beam4", "batch8", "prompts64")
+from gguf_parity import export_gguf  # puts tests/ on sys.path, for llama_peer
+
+from llama_peer import import_llama_cpp
+
+LLAMA = {"llama.cpp": "float32", "llama.cpp-f16": "float16", "llama.cpp-q8_0": "q8_0"}  # engine: GGUF dtype
+ENGINES = ("gptcli", "gptcli-fp16", "gptcli-int8", "ctranslate2", "ctranslate2-int8", "transformers", *LLAMA)
+CASES = ("greedy", "topk", "beam4", "batch8", "prompts64", "prefill")
+LLAMA_CASES = ("greedy", "prefill")  # batch 1, greedy: what tests/llama_peer.py drives
 SHAPES = ("tiny", "small", "medium", "gpt2")
 CORPUS = Path(__file__).resolve().parents[1] / "gptcli" / "assets" / "tinyshakespeare.txt"
 
@@ -87,6 +102,12 @@ def load_engine(engine: str, folder: Path, threads: int, device: str = "cpu"):
             results = gen.generate_batch([[vocab[i] for i in p] for p in prompts], **kw)
             return [r.sequences_ids[0] for r in results]
         return run
+    if engine in LLAMA:
+        from llama_peer import Peer
+
+        block = json.loads((folder / "run" / "config.json").read_text())["model"]["block_size"]
+        peer = Peer(folder / f"{LLAMA[engine]}.gguf", block, threads, logits_all=False)
+        return lambda case, prompts, new: [peer.greedy(prompts[0], new, stop_at_eos=False)]
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -141,9 +162,9 @@ class Worker:
 # -- preparing the same weights for every engine --------------------------------------
 
 
-def prepare(shape: str, folder: Path, ct2: bool = True) -> None:
+def prepare(shape: str, folder: Path, ct2: bool = True, gguf: tuple[str, ...] = ()) -> None:
     """folder/run (gptcli), folder/hf (export-hf) and, when asked, folder/ct2 (CTranslate2's
-    converter)."""
+    converter) and folder/DTYPE.gguf for each of `gguf` (export-gguf)."""
     import torch
 
     from gptcli import workspace
@@ -170,6 +191,8 @@ def prepare(shape: str, folder: Path, ct2: bool = True) -> None:
     if ct2:
         subprocess.run(["ct2-transformers-converter", "--model", str(folder / "hf"), "--output_dir",
                         str(folder / "ct2")], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for dtype in gguf:
+        export_gguf(run, folder / f"{dtype}.gguf", dtype)
 
 
 def prompts_for(folder: Path, prompt_len: int) -> dict[str, list[list[int]]]:
@@ -177,12 +200,14 @@ def prompts_for(folder: Path, prompt_len: int) -> dict[str, list[list[int]]]:
     from gptcli.tokenizer import BPETokenizer
 
     tok = BPETokenizer.load(folder / "run" / "tokenizer.json")
+    block = json.loads((folder / "run" / "config.json").read_text())["model"]["block_size"]
     text = CORPUS.read_text(encoding="utf-8")
     held_out = text[int(len(text) * 0.9):]
     ids = tok.encode(held_out)
     fixed = [ids[i * 97:i * 97 + prompt_len] for i in range(8)]
     lines = [tok.encode(line) for line in held_out.splitlines() if len(line) > 20][:64]
-    return {"greedy": fixed[:1], "topk": fixed[:1], "beam4": fixed[:1], "batch8": fixed, "prompts64": lines}
+    return {"greedy": fixed[:1], "topk": fixed[:1], "beam4": fixed[:1], "batch8": fixed, "prompts64": lines,
+            "prefill": [ids[1000:1000 + min(256, block)]]}
 
 
 # -- measuring -----------------------------------------------------------------------
@@ -191,12 +216,14 @@ def prompts_for(folder: Path, prompt_len: int) -> dict[str, list[list[int]]]:
 def compare_shape(shape: str, args, out: list[dict]) -> None:
     with tempfile.TemporaryDirectory(prefix=f"gptcli-bench-{shape}-") as tmp:
         folder = Path(tmp)
-        prepare(shape, folder, ct2=any(e.startswith("ctranslate2") for e in args.engines))
+        prepare(shape, folder, ct2=any(e.startswith("ctranslate2") for e in args.engines),
+                gguf=tuple(LLAMA[e] for e in args.engines if e in LLAMA))
         prompts = prompts_for(folder, args.prompt_len)
         workers = {e: Worker(e, folder, args.threads, args.device) for e in args.engines}
         try:
             for case in args.cases:
-                row = measure(case, prompts[case], workers, args)
+                able = {e: w for e, w in workers.items() if e not in LLAMA or case in LLAMA_CASES}
+                row = measure(case, prompts[case], able, args)
                 row["shape"] = shape
                 out.append(row)
                 print_row(row, args.engines)
@@ -211,26 +238,28 @@ def compare_shape(shape: str, args, out: list[dict]) -> None:
 
 def measure(case: str, prompts: list[list[int]], workers: dict[str, Worker], args) -> dict:
     times = {e: [] for e in workers}
-    outputs = {e: w.run(case, prompts, 8) for e, w in workers.items()}  # warm up
+    new = 1 if case == "prefill" else args.new
+    outputs = {e: w.run(case, prompts, min(new, 8)) for e, w in workers.items()}  # warm up
     for _ in range(args.repeats):
         for engine, w in workers.items():
             time.sleep(args.pause)  # let the other engine's threads stop spinning
-            result = w.run(case, prompts, args.new)
+            result = w.run(case, prompts, new)
             times[engine].append(result["seconds"])
             outputs[engine] = result["outputs"]
-    produced = args.new * (1 if case == "beam4" else len(prompts))
+    produced = len(prompts[0]) if case == "prefill" else new * (1 if case == "beam4" else len(prompts))
     row = {"case": case, "tok_s": {e: produced / statistics.median(t) for e, t in times.items()}}
     if case != "topk":
-        ref = [outputs[e] for e in ("ctranslate2", "transformers") if e in outputs]
+        ref = [outputs[e] for e in ("ctranslate2", "transformers", "llama.cpp") if e in outputs]
         row["identical"] = {e: all(o == r for r in ref) for e, o in outputs.items()}
     return row
 
 
 def print_row(row: dict, engines: list[str]) -> None:
     tps = row["tok_s"]
-    cells = "  ".join(f"{e} {tps[e]:>7,.0f}" for e in engines)
+    cells = "  ".join(f"{e} {tps[e]:>7,.0f}" for e in engines if e in tps)
     pairs = [("gptcli", "ctranslate2"), ("gptcli", "transformers"), ("gptcli-fp16", "ctranslate2"),
-             ("gptcli-int8", "ctranslate2"), ("gptcli-int8", "ctranslate2-int8")]
+             ("gptcli-int8", "ctranslate2"), ("gptcli-int8", "ctranslate2-int8"), ("gptcli", "llama.cpp"),
+             ("gptcli-fp16", "llama.cpp-f16"), ("gptcli-int8", "llama.cpp-q8_0")]
     ratios = "  ".join(f"{a}/{b} {tps[a] / tps[b]:.2f}x" for a, b in pairs if a in tps and b in tps)
     same = ""
     if "identical" in row:
@@ -314,10 +343,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.folder, args.threads, args.device)
+    llama_cpp = import_llama_cpp()
     if args.engines is None:
-        args.engines = list(ENGINES) if args.device == "cpu" else ["gptcli", "transformers"]
-    if args.device == "cuda" and set(args.engines) & {"gptcli-fp16", "gptcli-int8", "ctranslate2-int8"}:
-        ap.error("float16 and int8 engines run on the CPU only")
+        args.engines = [e for e in ENGINES if llama_cpp or e not in LLAMA] if args.device == "cpu" else \
+            ["gptcli", "transformers"]
+    if args.device == "cuda" and set(args.engines) & {"gptcli-fp16", "gptcli-int8", "ctranslate2-int8", *LLAMA}:
+        ap.error("float16, int8 and llama.cpp engines run on the CPU only")
+    if set(args.engines) & set(LLAMA) and llama_cpp is None:
+        ap.error("llama.cpp engines: llama_cpp is not built here; run benchmarks/setup_llama_cpp.sh")
     import torch
     import transformers
 
@@ -328,6 +361,8 @@ def main() -> None:
         import ctranslate2
 
         versions += f", ctranslate2 {ctranslate2.__version__}"
+    if set(args.engines) & set(LLAMA):
+        versions += f", llama-cpp-python {llama_cpp.__version__}"
     print(f"{versions}, {args.threads} threads per engine, {args.new} new tokens, medians of {args.repeats}",
           flush=True)
     rows: list[dict] = []

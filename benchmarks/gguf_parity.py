@@ -1,20 +1,27 @@
 """gptcli against llama.cpp on the same weights, through `gptcli export-gguf`.
 
-Exports a run (default: the shipped model) as float32, float16 and q8_0 GGUF and reports:
+Exports a run as float32, float16 and q8_0 GGUF and reports:
 
-  parity   greedy tokens of llama.cpp (each dtype) that equal gptcli float32's, from
-           --prompts prompts of the held-out text, --parity-new tokens each
+  parity   token ids of llama.cpp's tokenizer that equal gptcli's on mixed text (English,
+           Chinese, code, emoji, runs of whitespace); greedy tokens of llama.cpp (each
+           dtype) that equal gptcli float32's, from --prompts prompts of the held-out text,
+           --parity-new tokens each; and the largest logit difference from gptcli float32
+           at every position of the mixed text, as a fraction of the largest logit
   quality  bits per byte of the held-out last 10% of tinyshakespeare: gptcli float32 and
            llama.cpp f32, f16, q8_0, each scoring windows of block_size in one forward
   speed    greedy tokens/s at batch 1 (a 16-token prompt, --new tokens, end-of-text
            ignored) and prefill tokens/s of a block_size-token prompt, for gptcli float32,
            float16, int8 and llama.cpp f32, f16, q8_0; the median of --repeats
 
+The run is the shipped model (--shape shipped), a second shape (--shape small-8k: 6
+layers, 384 wide, 6 heads, a vocabulary of 8,192 trained on tinyshakespeare, the model
+trained by `gptcli train` for --train-time, once, into ~/.cache/gptcli-bench/), or --run.
 Each engine is timed in its own worker process (two OpenMP runtimes in one process slow
 each other down). llama.cpp is llama-cpp-python's build from benchmarks/setup_llama_cpp.sh,
 driven through tests/llama_peer.py, so its figures include that binding's Python calls.
 
     bash benchmarks/setup_llama_cpp.sh && python benchmarks/gguf_parity.py
+    python benchmarks/gguf_parity.py --shape small-8k --repeats 7
     python benchmarks/gguf_parity.py --run checkpoints/myrun --threads 4 --json
 """
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -33,8 +41,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 CORPUS = REPO / "gptcli" / "assets" / "tinyshakespeare.txt"
+SHAPES = {"shipped": None,  # gptcli train flags of each shape; the shipped model is trained already
+          "small-8k": ["--preset", "small", "--vocab-size", "8192", "--optimizer", "muon", "--lr", "0.004",
+                       "--batch-size", "4", "--warmup-steps", "20", "--eval-iters", "4", "--eval-interval", "1000000"]}
 GGUF_DTYPES = ("float32", "float16", "q8_0")
 GPTCLI_DTYPES = ("float32", "float16", "int8")
+
+
+def export_gguf(run: Path, out: Path, dtype: str) -> None:
+    """`gptcli export-gguf`, in its own process as a user runs it."""
+    subprocess.run([sys.executable, "-m", "gptcli", "export-gguf", str(run), str(out), "--dtype", dtype],
+                   check=True, capture_output=True)
+
+
+def shape_run(shape: str, train_time: str) -> Path:
+    """The run folder of a shape: the shipped model, or one trained once (tokenizer and
+    model, on the whole tinyshakespeare) into the benchmark cache."""
+    if SHAPES[shape] is None:
+        return REPO / "gptcli" / "assets" / "default"
+    from llama_peer import CACHE
+
+    home = CACHE.parent / f"{shape}-{train_time}"
+    if not (home / "run" / "config.json").exists():
+        home.mkdir(parents=True, exist_ok=True)
+        print(f"training {shape} for {train_time} in {home} (once)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "gptcli", "train", str(CORPUS), *SHAPES[shape], "--max-time",
+                        train_time, "--out", "run", "--overwrite", "-q"], cwd=home, check=True,
+                       env={**os.environ, "GPTCLI_CACHE_DIR": str(home / "cache")})
+    return home / "run"
 
 
 def held_out() -> str:
@@ -46,7 +80,8 @@ def held_out() -> str:
 
 
 def gptcli_engine(run: Path, dtype: str, threads: int):
-    """(greedy(ids, n) -> ids, logits(ids) -> (T, vocab) float32 array) of gptcli."""
+    """(greedy(ids, n) -> ids, logits(ids) -> (T, vocab) float32 array, prefill(ids),
+    tokenize(text) -> ids) of gptcli."""
     import torch
 
     from gptcli.config import SampleConfig
@@ -67,19 +102,15 @@ def gptcli_engine(run: Path, dtype: str, threads: int):
         with torch.inference_mode():
             return gen.decoder().prefill([ids])
 
-    return greedy, logits, prefill
+    return greedy, logits, prefill, gen.tokenizer.encode
 
 
 def llama_engine(path: Path, n_ctx: int, threads: int):
     from llama_peer import Peer
 
     scorer, timer = Peer(path, n_ctx, threads), Peer(path, n_ctx, threads, logits_all=False)
-
-    def prefill(ids):
-        timer.llm.reset()
-        timer.llm.eval(ids)
-
-    return (lambda ids, n, stop_at_eos=False: timer.greedy(ids, n, stop_at_eos)), scorer.logits, prefill
+    return ((lambda ids, n, stop_at_eos=False: timer.greedy(ids, n, stop_at_eos)), scorer.logits, timer.prefill,
+            scorer.tokenize)
 
 
 def bits_per_byte(logits_of, ids: list[int], token_bytes: list[bytes], block: int) -> float:
@@ -99,19 +130,26 @@ def bits_per_byte(logits_of, ids: list[int], token_bytes: list[bytes], block: in
 
 
 def worker(spec: dict) -> dict:
+    import numpy as np
+
     from gptcli.tokenizer import BPETokenizer
+
+    from llama_peer import MIXED, MIXED_TEXTS
 
     run = Path(spec["run"])
     tok = BPETokenizer.load(run / "tokenizer.json")
     block = spec["block"]
     if spec["engine"] == "gptcli":
-        greedy, logits, prefill = gptcli_engine(run, spec["dtype"], spec["threads"])
+        greedy, logits, prefill, tokenize = gptcli_engine(run, spec["dtype"], spec["threads"])
     else:
-        greedy, logits, prefill = llama_engine(Path(spec["gguf"]), block, spec["threads"])
+        greedy, logits, prefill, tokenize = llama_engine(Path(spec["gguf"]), block, spec["threads"])
     text = held_out()
     ids = tok.encode(text)
     lines = [tok.encode(line) for line in text.splitlines() if len(line) > 20][: spec["prompts"]]
-    out = {"parity": [greedy(p, spec["parity_new"], stop_at_eos=True) for p in lines]}
+    out = {"parity": [greedy(p, spec["parity_new"], stop_at_eos=True) for p in lines],
+           "tokens": [tokenize(t) for t in MIXED_TEXTS]}
+    if spec.get("logits_out"):
+        np.save(spec["logits_out"], logits(tok.encode(MIXED)[:block]))
     if spec["quality"]:
         out["bits_per_byte"] = bits_per_byte(logits, ids, tok.token_bytes, block)
     prompt, long_prompt = ids[:16], ids[1000:1000 + block]
@@ -148,6 +186,12 @@ def machine() -> str:
     return f"{name}; {' '.join(have) or 'no AVX2'}"
 
 
+def shape_of(run: Path) -> str:
+    cfg = json.loads((run / "config.json").read_text())["model"]
+    return f"{cfg['n_layer']} layers, {cfg['n_embd']} wide, {cfg['n_head']} heads, vocabulary {cfg['vocab_size']}, " \
+           f"context {cfg['block_size']}"
+
+
 def call(spec: dict) -> dict:
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
                           check=False)
@@ -157,8 +201,12 @@ def call(spec: dict) -> dict:
 
 
 def main() -> None:
+    import numpy as np
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, default=REPO / "gptcli" / "assets" / "default")
+    ap.add_argument("--shape", choices=SHAPES, default="shipped")
+    ap.add_argument("--train-time", default="8m", help="--shape small-8k: how long gptcli trains it")
+    ap.add_argument("--run", type=Path, help="a run folder instead of --shape's")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=128, help="greedy tokens per timed run")
     ap.add_argument("--parity-new", type=int, default=100)
@@ -170,6 +218,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    args.run = args.run or shape_run(args.shape, args.train_time)
     block = json.loads((args.run / "config.json").read_text())["model"]["block_size"]
     base = dict(run=str(args.run), block=block, threads=args.threads, new=args.new, parity_new=args.parity_new,
                 prompts=args.prompts, repeats=args.repeats)
@@ -177,29 +226,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in GGUF_DTYPES:
             path = Path(tmp) / f"{dtype}.gguf"
-            subprocess.run([sys.executable, "-m", "gptcli", "export-gguf", str(args.run), str(path), "--dtype", dtype],
-                           check=True, capture_output=True)
+            export_gguf(args.run, path, dtype)
             rows[f"llama.cpp {dtype}"] = call({**base, "engine": "llama.cpp", "dtype": dtype, "gguf": str(path),
-                                               "quality": True})
+                                               "quality": True, "logits_out": str(path.with_suffix(".npy"))})
         for dtype in GPTCLI_DTYPES:
-            rows[f"gptcli {dtype}"] = call({**base, "engine": "gptcli", "dtype": dtype, "quality": dtype == "float32"})
-    ref = rows["gptcli float32"]["parity"]
+            rows[f"gptcli {dtype}"] = call({**base, "engine": "gptcli", "dtype": dtype, "quality": dtype == "float32",
+                                            "logits_out": str(Path(tmp) / "gptcli.npy") if dtype == "float32" else ""})
+        ours = np.load(Path(tmp) / "gptcli.npy")
+        for dtype in GGUF_DTYPES:
+            theirs = np.load(Path(tmp) / f"{dtype}.npy")
+            rows[f"llama.cpp {dtype}"]["logits_error"] = float(np.abs(ours - theirs).max() / np.abs(ours).max())
+    ref, ref_tokens = rows["gptcli float32"]["parity"], rows["gptcli float32"]["tokens"]
     for row in rows.values():
         row["parity_equal"] = sum(_common_prefix(p, q) for p, q in zip(ref, row["parity"]))
         row["parity_outputs_equal"] = sum(p == q for p, q in zip(ref, row["parity"]))
         row["parity_tokens"] = sum(len(p) for p in ref)
-        del row["parity"]
-    report = {"machine": machine(), "run": str(args.run), "threads": args.threads, "rows": rows,
-              "date": time.strftime("%Y-%m-%d")}
+        row["tokenize_equal"] = f"{sum(a == b for a, b in zip(ref_tokens, row['tokens']))}/{len(ref_tokens)} texts, " \
+                                f"{sum(map(len, ref_tokens))} ids"
+        del row["parity"], row["tokens"]
+    report = {"machine": machine(), "run": str(args.run), "shape": shape_of(args.run), "threads": args.threads,
+              "rows": rows, "date": time.strftime("%Y-%m-%d")}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{report['date']}  {report['machine']}  threads {args.threads}  run {args.run}")
-    print(f"{'engine':<20} {'greedy tok/s':>12} {'prefill tok/s':>13} {'bits/byte':>9} {'greedy = gptcli f32':>22}")
+    print(f"{report['date']}  {report['machine']}  threads {args.threads}  run {args.run} ({report['shape']})")
+    print(f"{'engine':<20} {'greedy tok/s':>12} {'prefill tok/s':>13} {'bits/byte':>9} {'greedy = gptcli f32':>22}"
+          f" {'logits error':>12}  tokenizer = gptcli's")
     for name, row in rows.items():
         bpb = f"{row['bits_per_byte']:.4f}" if "bits_per_byte" in row else "-"
         same = f"{row['parity_equal']}/{row['parity_tokens']} ({row['parity_outputs_equal']}/{args.prompts})"
-        print(f"{name:<20} {row['decode_tps']:>12.0f} {row['prefill_tps']:>13.0f} {bpb:>9} {same:>22}")
+        err = f"{row['logits_error']:.1e}" if "logits_error" in row else "-"
+        print(f"{name:<20} {row['decode_tps']:>12.0f} {row['prefill_tps']:>13.0f} {bpb:>9} {same:>22} {err:>12}  "
+              f"{row['tokenize_equal']}")
 
 
 if __name__ == "__main__":

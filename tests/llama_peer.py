@@ -1,6 +1,7 @@
-"""llama.cpp, through llama-cpp-python, as tests/test_gguf.py and benchmarks/gguf_parity.py
-drive it: find the build benchmarks/setup_llama_cpp.sh cached, load a GGUF file, and
-tokenize, score and decode greedily with it. Knows nothing of gptcli."""
+"""llama.cpp, through llama-cpp-python, as tests/test_gguf.py and the benchmarks
+(gguf_parity.py, generate.py) drive it: find the build benchmarks/setup_llama_cpp.sh
+cached, load a GGUF file, and tokenize, score, prefill and decode greedily with it; and
+the texts the parity checks share. Knows nothing of gptcli."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from pathlib import Path
 import numpy as np
 
 CACHE = Path(os.environ.get("GPTCLI_LLAMA_CPP_DIR", Path.home() / ".cache" / "gptcli-bench" / "llama_cpp"))
+# What tokenization must survive: English, Chinese and Japanese, code with tabs and runs of
+# spaces, emoji with ZWJ sequences, accents, typographic quotes, trailing whitespace.
+MIXED = ("The quick brown fox can't jump over 3.14 lazy dogs; isn't it?\n"
+         "日本語のテキストと中文文本，还有标点。\n"
+         "def f(x):\n\tif x  >=  10:\n        return {'a': [1, 2]}  # done\n"
+         "emoji 🙂🚀👩‍💻 and naïve café — “quotes”\n\n\n   \t  trailing   \n")
+MIXED_TEXTS = [MIXED, *MIXED.splitlines(keepends=True), "  ", "\n\n", "a<|endoftext|>b", "x" * 300]
+PROMPTS = ["ROMEO:", "First Citizen:\nBefore we proceed", "The king", "\n", "What light through yonder"]
 
 
 def import_llama_cpp():
@@ -52,16 +61,20 @@ class Peer:
         self.llm.eval(ids)
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
+    def prefill(self, ids: list[int]) -> None:
+        """One forward over ids from an empty cache: prompt processing, as timing wants it."""
+        self.llm.reset()
+        self.llm.eval(ids)
+
     def greedy(self, ids: list[int], n: int, stop_at_eos: bool = True) -> list[int]:
         """Up to n argmax tokens after ids, stopping after <|endoftext|> as gptcli does
         (unless stop_at_eos is False: timing makes exactly n)."""
-        self.llm.reset()
-        self.llm.eval(ids)
+        self.prefill(ids)
         out: list[int] = []
         while len(out) < n:
             t = int(np.argmax(self.last_logits()))
             out.append(t)
-            if t == self.eos and stop_at_eos:
-                break
+            if (t == self.eos and stop_at_eos) or len(out) == n:
+                break  # the last token is not fed back: nothing reads its logits
             self.llm.eval([t])
         return out

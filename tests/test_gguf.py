@@ -17,16 +17,14 @@ from gptcli.store.checkpoint import load_run
 from gptcli.store.weights import weights_dict
 
 from helpers import SHAKESPEARE, TINY_FLAGS, assert_clean_error, cli
-from llama_peer import Peer, import_llama_cpp
+from llama_peer import CACHE, MIXED, MIXED_TEXTS, PROMPTS, Peer, import_llama_cpp
 
 gguf = pytest.importorskip("gguf")
 
 SHIPPED = SHAKESPEARE.parent / "default"
-MIXED = ("The quick brown fox can't jump over 3.14 lazy dogs; isn't it?\n"
-         "日本語のテキストと中文文本，还有标点。\n"
-         "def f(x):\n\tif x  >=  10:\n        return {'a': [1, 2]}  # done\n"
-         "emoji 🙂🚀👩‍💻 and naïve café — “quotes”\n\n\n   \t  trailing   \n")
-PROMPTS = ["ROMEO:", "First Citizen:\nBefore we proceed", "The king", "\n", "What light through yonder"]
+# The second parity shape (6 layers, 384 wide, 6 heads, vocabulary 8,192), trained for 8
+# minutes by `python benchmarks/gguf_parity.py --shape small-8k`; too slow to train here.
+SMALL_8K = CACHE.parent / "small-8k-8m" / "run"
 
 
 def _train(monkeypatch, capsys, out: str, *flags: str):
@@ -195,8 +193,9 @@ llama = pytest.mark.skipif(import_llama_cpp() is None,
 
 @pytest.fixture(scope="module")
 def parity_runs(tmp_path_factory):
-    """The shipped model and a tiny run of another shape (3 layers, 64 wide, 4 heads,
-    vocabulary 512, context 160), each exported as float32 GGUF."""
+    """The shipped model, a tiny run of another shape (3 layers, 64 wide, 4 heads,
+    vocabulary 512, context 160) and, where the benchmark trained it, SMALL_8K, each
+    exported as float32 and float16 GGUF."""
     import subprocess
 
     folder = tmp_path_factory.mktemp("parity")
@@ -208,6 +207,8 @@ def parity_runs(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "gptcli", "train", "corpus.txt", *flags], cwd=folder, env=env, check=True,
                    capture_output=True)
     runs = {"shipped": SHIPPED, "tiny": folder / "tiny"}
+    if (SMALL_8K / "config.json").exists():
+        runs["small-8k"] = SMALL_8K
     for name, run in runs.items():
         for dtype in ("float32", "float16"):
             subprocess.run([sys.executable, "-m", "gptcli", "export-gguf", str(run),
@@ -216,23 +217,28 @@ def parity_runs(tmp_path_factory):
     return {name: (run, folder / f"{name}-float32.gguf") for name, run in runs.items()}
 
 
+def _parity_run(parity_runs, which):
+    if which not in parity_runs:
+        pytest.skip(f"{SMALL_8K} is not trained: run python benchmarks/gguf_parity.py --shape small-8k")
+    return parity_runs[which]
+
+
 @llama
-@pytest.mark.parametrize("which", ["shipped", "tiny"])
+@pytest.mark.parametrize("which", ["shipped", "tiny", "small-8k"])
 def test_llama_cpp_tokenizes_mixed_text_as_gptcli(parity_runs, which):
-    run, path = parity_runs[which]
+    run, path = _parity_run(parity_runs, which)
     _, tok, _ = load_run(run)
     peer = Peer(path, n_ctx=64)
-    texts = [MIXED, *MIXED.splitlines(keepends=True), "  ", "\n\n", "a<|endoftext|>b", "x" * 300]
-    for text in texts:
+    for text in MIXED_TEXTS:
         assert peer.tokenize(text) == tok.encode(text), repr(text)
 
 
 @llama
-@pytest.mark.parametrize("which", ["shipped", "tiny"])
+@pytest.mark.parametrize("which", ["shipped", "tiny", "small-8k"])
 def test_llama_cpp_greedy_100_tokens_equal_gptcli_float32(parity_runs, which):
     import gptcli
 
-    run, path = parity_runs[which]
+    run, path = _parity_run(parity_runs, which)
     g = gptcli.load(run)
     peer = Peer(path, n_ctx=g.config.block_size)
     for prompt in PROMPTS:
@@ -242,13 +248,13 @@ def test_llama_cpp_greedy_100_tokens_equal_gptcli_float32(parity_runs, which):
 
 
 @llama
-@pytest.mark.parametrize("which", ["shipped", "tiny"])
+@pytest.mark.parametrize("which", ["shipped", "tiny", "small-8k"])
 @pytest.mark.parametrize("dtype,bound", [("float32", 2e-3), ("float16", 5e-3)])
 def test_llama_cpp_logits_agree_with_gptcli_float32(parity_runs, which, dtype, bound):
     """Every position of a prompt, as a fraction of the largest logit. Measured: float32
     1.3e-4 (shipped: 0.0025 on logits up to 19.9) and 1.0e-4 (tiny); float16 weights
     3.0e-4 for both. The bounds leave a 15x margin (docs/benchmarks.md)."""
-    run, path = parity_runs[which]
+    run, path = _parity_run(parity_runs, which)
     assert _llama_logits_error(run, path.with_name(f"{which}-{dtype}.gguf")) < bound
 
 
