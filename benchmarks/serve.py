@@ -153,6 +153,8 @@ async def load(url: str, model: str, clients: int, seconds: float, new: int) -> 
 
 def gguf_of(run: Path, folder: Path) -> Path:
     path = folder / "model-f32.gguf"
+    if path.exists():
+        return path
     subprocess.run([sys.executable, "-m", "gptcli", "export-gguf", str(run), str(path)], check=True,
                    capture_output=True)
     return path
