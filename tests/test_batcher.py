@@ -115,7 +115,8 @@ def test_stop_ends_every_row_with_a_shutdown_event(engine):
 def test_cache_keep_and_join_keep_logits_equal_to_a_full_forward(engine, monkeypatch):
     """Over fresh memory that holds NaN: masked padding must not read it (0 x NaN is NaN)."""
     real = torch.Tensor.new_empty
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *size, **kw: real(self, *size, **kw).fill_(float("nan")))
+    monkeypatch.setattr(torch.Tensor, "new_empty",
+                        lambda self, *size, **kw: real(self, *size, **kw).fill_(float("nan")))
     model = engine.model
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     with torch.inference_mode():
