@@ -19,7 +19,12 @@ from gptcli.data import tokenize_to_cache
 from gptcli.tokenizer import BPETokenizer
 tok = BPETokenizer.load(sys.argv[1])
 tf, _ = tokenize_to_cache(collect_documents([sys.argv[2]], print), tok, cache_dir=Path(sys.argv[3]))
-print(json.dumps({"tokens": tf.n_tokens, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# this process's own peak: VmHWM starts afresh at exec, while ru_maxrss keeps the forking
+# parent's peak (Linux carries it across execve), so a big pytest process would count
+status = Path("/proc/self/status")
+hwm = [int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:")] \
+    if status.exists() else [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]
+print(json.dumps({"tokens": tf.n_tokens, "rss_mb": hwm[0] / 1024}))
 """
 
 
