@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from gptcli.generation.batcher import Batcher, Done, QueueFull, Row, Token
-from gptcli.generation.text import sample_seed
 
 from helpers import REPO
 
@@ -39,7 +38,7 @@ class Collect:
 
 def row(engine, prompt: str, **settings) -> tuple[Row, Collect]:
     sample = engine.sample_config(settings)
-    gen = torch.Generator().manual_seed(sample_seed(sample.seed, prompt, 0)) if sample.strategy == "sample" else None
+    gen = engine.output_generator(sample, prompt, 0) if sample.strategy == "sample" else None
     listen = Collect()
     return Row(engine.encode([prompt])[0], sample, engine.new_output(0, prompt, 0, sample), listen, gen), listen
 

@@ -163,12 +163,13 @@ class Batcher:
             return
         chosen = self._choose()
         keep, slide = [], []
+        limit = self._decoder.context_limit
+        held = self._decoder.next_pos.tolist() if limit is not None else None  # positions each row holds
         for i, (row, token) in enumerate(zip(self._rows, chosen)):
             if token is None:
                 continue
             row.context.append(token)
-            limit = self._decoder.context_limit
-            if limit is not None and int(self._decoder.next_pos[i]) >= limit:
+            if held is not None and held[i] >= limit:
                 slide.append(row)  # its context is full: rebuilt from its most recent part, as generate does
             else:
                 keep.append(i)

@@ -160,8 +160,7 @@ class Generator:
         jobs = ((i, j) for i in range(len(encoded)) for j in range(sample.num_samples))
         while batch := list(itertools.islice(jobs, batch_size)):
             outs = [self.new_output(i, prompts[i], j, sample) for i, j in batch]
-            gens = [torch.Generator(device=self.device).manual_seed(sample_seed(sample.seed, prompts[i], j))
-                    for i, j in batch]
+            gens = [self.output_generator(sample, prompts[i], j) for i, j in batch]
             t0, produced = time.perf_counter(), 0
             steps = self.steps([encoded[i] for i, _ in batch], sample, gens)
             for ids, lps in steps:
@@ -178,6 +177,11 @@ class Generator:
                 rest = o.close() if o.finish_reason is None else ""
                 o.tokens_per_second = rate
                 yield Piece(o, rest, final=True)
+
+    def output_generator(self, cfg: SampleConfig, prompt: str, sample: int) -> torch.Generator:
+        """The random generator output `sample` of `prompt` draws from: seeded from the
+        run's seed, the prompt and the index alone (text.sample_seed)."""
+        return torch.Generator(device=self.device).manual_seed(sample_seed(cfg.seed, prompt, sample))
 
     def new_output(self, i: int, prompt: str, sample: int, cfg: SampleConfig) -> Output:
         """An empty Output of prompt i (sample index `sample`), cut at cfg's stop strings."""

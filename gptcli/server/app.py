@@ -23,7 +23,6 @@ from starlette.routing import Route
 from gptcli.errors import first_line
 from gptcli.generation.batcher import Batcher, Done, QueueFull, Row, Token
 from gptcli.generation.search import Interrupted
-from gptcli.generation.text import sample_seed
 from gptcli.server import protocol
 from gptcli.server.metrics import Metrics
 from gptcli.server.protocol import ApiError, Plan
@@ -129,10 +128,8 @@ class Job:
             return
         for i, ids in enumerate(plan.prompts):
             for j in range(plan.n):
-                gen = None
-                if plan.sample.strategy == "sample":
-                    gen = torch.Generator(device=engine.device).manual_seed(
-                        sample_seed(plan.sample.seed, plan.texts[i], j))
+                gen = engine.output_generator(plan.sample, plan.texts[i], j) if plan.sample.strategy == "sample" \
+                    else None
                 index = i * plan.n + j
                 self.rows.append(Row(ids, plan.sample, self._output(index), self._listener(index), gen,
                                      plan.logprobs or 0))

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptcli import tokenizer
 from gptcli.config import SampleConfig
 from gptcli.errors import SettingError, UsageError
 
@@ -159,8 +160,11 @@ def only(body: dict, fields: tuple[str, ...]) -> None:
 
 
 def check_text(text: str, param: str) -> None:
-    if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        raise ApiError(400, f"{param} holds a NUL or an unpaired surrogate", param)
+    """Text the tokenizer can take (the CLI's rule: valid UTF-8, no lone surrogates)."""
+    try:
+        tokenizer.check_text(text, param)
+    except UsageError as e:
+        raise ApiError(400, str(e), param) from None
 
 
 def _known(body: dict, fields: tuple[str, ...], model_id: str) -> None:
