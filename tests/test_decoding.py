@@ -71,6 +71,29 @@ def test_top_p_equals_a_full_sort_of_the_vocabulary(scale):
         assert torch.equal(kept, torch.isfinite(by_full_sort(logits, p))), (scale, p)
 
 
+def test_top_p_looks_among_the_likeliest_first_and_sorts_everything_only_when_they_fall_short(monkeypatch):
+    """Peaked rows (nuclei of tens of tokens) never sort the vocabulary, and give the
+    full sort's set; a flat row, whose nucleus is larger than the candidates, does sort."""
+    from gptcli.generation import sampling
+
+    torch.manual_seed(1)
+    peaked, flat = torch.randn(16, 4096) * 6.0, torch.randn(2, 4096) * 0.1
+    full = {p: torch.isfinite(top_p_filter(peaked, p)) for p in (0.5, 0.9, 0.95)}
+    sorts = []
+    real = sampling._sorted_descending
+    monkeypatch.setattr(sampling, "_sorted_descending", lambda x: sorts.append(x.shape) or real(x))
+    monkeypatch.setattr(sampling, "TOP_P_CANDIDATES", 10**6)  # first: every row sorted whole
+    whole = {p: torch.isfinite(top_p_filter(peaked, p)) for p in full}
+    assert len(sorts) == 3
+    monkeypatch.setattr(sampling, "TOP_P_CANDIDATES", 512)
+    sorts.clear()
+    for p, kept in whole.items():
+        assert torch.equal(torch.isfinite(top_p_filter(peaked, p)), kept) and torch.equal(full[p], kept)
+    assert sorts == []
+    top_p_filter(flat, 0.9)
+    assert sorts == [flat.shape]
+
+
 @pytest.mark.parametrize("min_p", [0.0, 0.05, 0.2, 0.9, 1.0])
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 50, None), (1.3, None, 0.9),
                                                        (0.8, 20, 0.95)])

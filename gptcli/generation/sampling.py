@@ -36,10 +36,27 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     if p >= 1.0:
         return logits
     probs = logits.softmax(dim=-1)
-    desc = _sorted_descending(probs)
+    desc = _largest_reaching(probs, p)
     mass_before = desc.cumsum(dim=-1) - desc  # grows along the row
     last = ((mass_before < p).sum(dim=-1, keepdim=True) - 1).clamp(min=0)  # the most likely token always stays
     return logits.masked_fill(probs < desc.gather(-1, last), float("-inf"))
+
+
+TOP_P_CANDIDATES = 512  # the most likely tokens top-p looks among before it sorts the whole vocabulary
+
+
+def _largest_reaching(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The largest values of each row, largest first: enough of them that the mass
+    before the last one reaches p in every row, else all of them. A prefix of the full
+    descending sort, and cumsum adds in order (in float64), so top_p_filter keeps the
+    same set from it. topk(512) over 16 rows of 4,096 took 125 us where numpy's full
+    sort took 917 (docs/benchmarks.md, "Serving"); nuclei of a few hundred tokens are
+    the common case at p = 0.95."""
+    if x.size(-1) > 2 * TOP_P_CANDIDATES:
+        top = x.topk(TOP_P_CANDIDATES, dim=-1).values
+        if bool(((top.cumsum(dim=-1) - top)[:, -1] >= p).all()):
+            return top
+    return _sorted_descending(x)
 
 
 def _sorted_descending(x: torch.Tensor) -> torch.Tensor:
